@@ -1,0 +1,196 @@
+"""The composition root: the only place that names concrete classes and wires them.
+
+Importing this module has no side effects; :func:`create_app` builds everything from a
+:class:`Settings`, failing fast (no signing key, bad user store) with a message that
+says how to fix it. ``issuer serve`` runs :func:`app_factory` in every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from issuer import tokens as tokens_module
+from issuer.errors import ConfigError, KeyStoreError
+from issuer.http import routes
+from issuer.http.endpoints import Endpoints, metadata_bytes
+from issuer.http.errors import http_exception, unexpected
+from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeyStore
+from issuer.logs import AccessLogMiddleware, configure_logging
+from issuer.oauth.server import IssuerServer
+from issuer.passwords import PasswordHasher
+from issuer.settings import Settings, load_settings
+from issuer.store.base import Store, UserStore
+from issuer.store.sql import SqlStore, make_engine
+from issuer.tokens import ACCESS, REFRESH, TokenService
+
+
+class StoreRevocations:
+    """Revocation as the stores know it: denied access jtis, spent or revoked refresh records."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def is_revoked(self, claims: Mapping[str, Any]) -> bool:
+        jti = claims.get("jti")
+        if not isinstance(jti, str):
+            return True
+        if claims.get("type") == ACCESS:
+            return self.store.is_denied(jti)
+        if claims.get("type") == REFRESH:
+            record = self.store.get(jti)
+            return record is None or not record.is_usable
+        return True
+
+
+def build_key_store(settings: Settings) -> KeyStore:
+    """The key source settings ask for; KeyStoreError if it has no signing key."""
+    keys: KeyStore
+    if settings.signing_alg == "HS256" and settings.secret_key is not None:
+        keys = StaticKeyStore(settings.secret_key.reveal())
+    else:
+        keys = DirectoryKeyStore(
+            settings.keys_dir, settings.signing_alg, settings.key_reload_interval
+        )
+    if keys.current().signing is None:
+        hint = "run `issuer init` (development) or `issuer keys rotate`"
+        if settings.signing_alg == "HS256":
+            hint += ", or set ISSUER_SECRET_KEY / ISSUER_SECRET_KEY_FILE"
+        raise KeyStoreError(f"no active {settings.signing_alg} key in {settings.keys_dir}: {hint}")
+    return keys
+
+
+def build_key_manager(settings: Settings, clock: Callable[[], float] = time.time) -> KeyManager:
+    """The write side of ``keys/``, with the retirement horizon the token lifetimes imply."""
+    return KeyManager(
+        settings.keys_dir,
+        settings.signing_alg,
+        jwks_max_age=settings.jwks_max_age,
+        retire_after=settings.refresh_lifetime_bound,
+        rsa_key_size=settings.rsa_key_size,
+        clock=clock,
+    )
+
+
+def load_user_store(settings: Settings, default: UserStore) -> UserStore:
+    """The user store named by ``user_store`` (``module:factory(settings)``), else ``default``."""
+    if not settings.user_store:
+        return default
+    module_name, _, attribute = settings.user_store.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+        users = factory(settings)
+    except Exception as exc:
+        raise ConfigError(
+            [f"user_store: cannot load {settings.user_store!r}: {exc.__class__.__name__}: {exc}"]
+        ) from exc
+    if not isinstance(users, UserStore):
+        raise ConfigError([f"user_store: {settings.user_store!r} lacks get_by_username/get_by_id"])
+    return users
+
+
+@dataclass
+class Components:
+    """Everything one issuer process uses, built once."""
+
+    settings: Settings
+    engine: Engine
+    store: SqlStore
+    users: UserStore
+    keys: KeyStore
+    tokens: TokenService
+    hasher: PasswordHasher
+    server: IssuerServer
+
+
+def build_components(settings: Settings, *, clock: Callable[[], float] = time.time) -> Components:
+    engine = make_engine(settings.database_url, settings.db_pool_size)
+    store = SqlStore(engine)
+    users = load_user_store(settings, store)
+    keys = build_key_store(settings)
+    tokens = TokenService(
+        keys,
+        issuer=settings.url,
+        audience=settings.audience,
+        access_ttl=settings.access_token_ttl,
+        refresh_ttl=settings.refresh_token_ttl,
+        leeway=settings.leeway,
+        clock=clock,
+        revocations=StoreRevocations(store),
+        users=users,
+    )
+    hasher = PasswordHasher(settings.bcrypt_rounds)
+    server = IssuerServer(
+        store=store,
+        users=users,
+        tokens=tokens,
+        hasher=hasher,
+        scopes=settings.scopes,
+        default_scope=settings.default_scope,
+    )
+    return Components(settings, engine, store, users, keys, tokens, hasher, server)
+
+
+def create_app(
+    settings: Settings | None = None, *, components: Components | None = None
+) -> Starlette:
+    """The Starlette application for ``settings`` (or prebuilt ``components``)."""
+    if components is None:
+        components = build_components(settings if settings is not None else load_settings())
+    parts = components
+    tokens_module.configure(parts.tokens)
+    endpoints = Endpoints(
+        issuer_url=parts.settings.url,
+        server=parts.server,
+        tokens=parts.tokens,
+        keys=parts.keys,
+        store=parts.store,
+        users=parts.users,
+        discovery_bytes=metadata_bytes(
+            parts.settings.url, parts.settings.scopes, parts.settings.signing_alg
+        ),
+        jwks_max_age=parts.settings.jwks_max_age,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            parts.engine.dispose()
+
+    app = Starlette(
+        routes=[
+            Route(routes.TOKEN, endpoints.token, methods=["POST"]),
+            Route(routes.REVOKE, endpoints.revoke, methods=["POST"]),
+            Route(routes.INTROSPECT, endpoints.introspect, methods=["POST"]),
+            Route(routes.USERINFO, endpoints.userinfo, methods=["GET", "POST"]),
+            Route(routes.JWKS, endpoints.jwks, methods=["GET"]),
+            Route(routes.OAUTH_METADATA, endpoints.discovery, methods=["GET"]),
+            Route(routes.OIDC_METADATA, endpoints.discovery, methods=["GET"]),
+            Route(routes.HEALTHZ, endpoints.healthz, methods=["GET"]),
+            Route(routes.READYZ, endpoints.readyz, methods=["GET"]),
+        ],
+        middleware=[Middleware(AccessLogMiddleware)],
+        exception_handlers={HTTPException: http_exception, Exception: unexpected},
+        lifespan=lifespan,
+    )
+    app.state.components = parts
+    return app
+
+
+def app_factory() -> Starlette:
+    """Entry point for uvicorn workers (``issuer serve``): settings from the environment."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

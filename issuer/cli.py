@@ -1,0 +1,391 @@
+"""The ``issuer`` command: thin calls into the package.
+
+Bad input is one line on stderr and exit status 2, with nothing changed. Passwords
+come from a no-echo prompt or ``--password-stdin``, never from argv (where ``ps`` and
+shell history would show them). Secrets are printed once, on creation, and never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import NoReturn
+
+from sqlalchemy.exc import OperationalError
+
+from issuer.app import build_key_manager, build_key_store, load_user_store
+from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
+from issuer.keystore import RotationResult
+from issuer.logs import configure_logging
+from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
+from issuer.passwords import PasswordHasher, password_strength_failures
+from issuer.settings import Settings, load_settings
+from issuer.store import migrate
+from issuer.store.base import UserAdmin
+from issuer.store.sql import SqlStore, make_engine
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
+CLIENT_SECRET_BYTES = 32
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input on the command line: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"issuer: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _store(settings: Settings) -> SqlStore:
+    return SqlStore(make_engine(settings.database_url, settings.db_pool_size))
+
+
+def _user_admin(settings: Settings) -> UserAdmin:
+    store = _store(settings)
+    users = load_user_store(settings, store)
+    if not isinstance(users, UserAdmin):
+        raise ReadOnlyStoreError(
+            f"the configured user store {settings.user_store!r} is read-only; manage users there"
+        )
+    return users
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password.removesuffix("\r")
+    else:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to prompt on: pass --password-stdin")
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise UsageError("the passwords do not match")
+    failures = password_strength_failures(password)
+    if failures:
+        raise UsageError("password must have " + ", ".join(failures))
+    return password
+
+
+def _check_username(name: str) -> str:
+    if not USERNAME_RE.fullmatch(name):
+        raise UsageError("username must be 1-150 of letters, digits and . _ @ + -")
+    return name
+
+
+def _ts(value: int | None) -> str:
+    if not value:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415 - only `serve` needs it; other commands start faster
+
+    build_key_store(settings)  # fail fast, with a message, before any worker starts
+    engine = make_engine(settings.database_url, settings.db_pool_size)
+    current, head = migrate.current_revision(engine), migrate.head_revision()
+    engine.dispose()
+    if current != head:
+        raise IssuerError(
+            f"the database is at revision {current or 'none'}, expected {head}: "
+            "run `issuer db upgrade` (or `issuer init`)"
+        )
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        "issuer.app:app_factory",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers or settings.workers,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+    )
+    return 0
+
+
+def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url, settings.db_pool_size)
+    migrate.upgrade(engine)
+    engine.dispose()
+    print(f"database ready at {settings.database_url} (revision {migrate.head_revision()})")
+    if settings.signing_alg == "HS256" and settings.secret_key is not None:
+        print("signing with the HS256 secret from the environment")
+    else:
+        result = build_key_manager(settings).ensure()
+        if result is None:
+            print(f"{settings.signing_alg} keys already present in {settings.keys_dir}/")
+        elif settings.signing_alg == "HS256":
+            print(
+                "!! DEVELOPMENT: generated a new HS256 signing secret in "
+                f"{settings.keys_dir}/ (mode 0600).\n"
+                "!! In production set ISSUER_SECRET_KEY or ISSUER_SECRET_KEY_FILE, "
+                "or manage keys/ with `issuer keys rotate`."
+            )
+        else:
+            print(
+                f"created {settings.signing_alg} keys in {settings.keys_dir}/: "
+                + ", ".join(result.created)
+            )
+    return 0
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url, settings.db_pool_size)
+    before = migrate.current_revision(engine)
+    migrate.upgrade(engine)
+    after = migrate.current_revision(engine)
+    engine.dispose()
+    print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+    return 0
+
+
+def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
+    username = _check_username(args.username)
+    try:
+        role = Role.parse(args.role)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    users = _user_admin(settings)
+    if users.get_by_username(username) is not None:
+        raise UsageError(f"user {username!r} already exists")
+    password = _read_password(args.password_stdin)
+    user = users.add_user(username, PasswordHasher(settings.bcrypt_rounds).hash(password), role)
+    print(f"added user {user.username} ({user.role.value}) id={user.id}")
+    return 0
+
+
+def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
+    users = _user_admin(settings).list_users()
+    print(f"{'USERNAME':<24} {'ROLE':<9} {'ACTIVE':<6} {'ID':<36} CREATED")
+    for u in users:
+        active = "yes" if u.is_active else "no"
+        print(f"{u.username:<24} {u.role.value:<9} {active:<6} {u.id:<36} {_ts(u.created_at)}")
+    return 0
+
+
+def _set_active(active: bool) -> Callable[[Settings, argparse.Namespace], int]:
+    def command(settings: Settings, args: argparse.Namespace) -> int:
+        user = _user_admin(settings).set_active(_check_username(args.username), active)
+        print(f"{'enabled' if active else 'disabled'} user {user.username}")
+        return 0
+
+    return command
+
+
+def cmd_users_set_password(settings: Settings, args: argparse.Namespace) -> int:
+    username = _check_username(args.username)
+    users = _user_admin(settings)
+    if users.get_by_username(username) is None:
+        raise UsageError(f"no user {username!r}")
+    password = _read_password(args.password_stdin)
+    users.set_password_hash(username, PasswordHasher(settings.bcrypt_rounds).hash(password))
+    print(f"password of {username} changed")
+    return 0
+
+
+def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
+    if not CLIENT_ID_RE.fullmatch(args.client_id):
+        raise UsageError("client id must be 1-100 of letters, digits and . _ ~ -")
+    if args.public and args.auth_method:
+        raise UsageError("--public clients have no secret; drop --auth-method")
+    method = (
+        AuthMethod.NONE if args.public else AuthMethod(args.auth_method or "client_secret_basic")
+    )
+    grants = tuple(dict.fromkeys(args.grant or GRANT_TYPES))
+    unknown_grants = [g for g in grants if g not in GRANT_TYPES]
+    if unknown_grants:
+        raise UsageError(
+            f"unknown grant type {unknown_grants[0]!r}; expected password or refresh_token"
+        )
+    scopes = tuple(dict.fromkeys((args.scope or "").split()))
+    unknown_scopes = [s for s in scopes if s not in settings.scopes]
+    if unknown_scopes:
+        raise UsageError(
+            f"unknown scope {unknown_scopes[0]!r}; configured: {' '.join(settings.scopes)}"
+        )
+    secret = None if args.public else secrets.token_urlsafe(CLIENT_SECRET_BYTES)
+    client = Client(
+        client_id=args.client_id,
+        auth_method=method,
+        grant_types=grants,
+        scopes=scopes,
+        secret_hash=hash_client_secret(secret) if secret else None,
+        name=args.name or "",
+        created_at=int(time.time()),
+    )
+    _store(settings).add_client(client)
+    print(f"added client {client.client_id} ({method.value}; grants: {' '.join(grants)})")
+    if secret:
+        print(f"client_secret: {secret}")
+        print("This secret is shown once and stored only as a hash. Keep it safe.")
+    return 0
+
+
+def cmd_clients_list(settings: Settings, args: argparse.Namespace) -> int:
+    print(f"{'CLIENT_ID':<24} {'AUTH':<20} {'GRANTS':<24} {'SCOPES':<24} CREATED")
+    for c in _store(settings).list_clients():
+        scopes = " ".join(c.scopes) or "(all)"
+        print(
+            f"{c.client_id:<24} {c.auth_method.value:<20} {' '.join(c.grant_types):<24} "
+            f"{scopes:<24} {_ts(c.created_at)}"
+        )
+    return 0
+
+
+def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
+    _store(settings).remove_client(args.client_id)
+    print(f"removed client {args.client_id}; its refresh tokens are revoked")
+    return 0
+
+
+def _report(result: RotationResult) -> None:
+    for kid in result.created:
+        print(f"created  {kid}")
+    if result.activated:
+        print(f"active   {result.activated}")
+    for kid in result.retired:
+        print(f"removed  {kid}")
+
+
+def _require_managed_keys(settings: Settings) -> None:
+    if settings.signing_alg == "HS256" and settings.secret_key is not None:
+        raise UsageError(
+            "the HS256 secret comes from ISSUER_SECRET_KEY(_FILE) and is not managed in keys/; "
+            "rotate it by changing the environment"
+        )
+
+
+def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    _require_managed_keys(settings)
+    _report(build_key_manager(settings).rotate(force=args.force))
+    return 0
+
+
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    records = build_key_manager(settings).records()
+    print(f"{'KID':<46} {'ALG':<6} {'STATE':<9} {'CREATED':<21} RETIRES")
+    for r in records:
+        print(
+            f"{r.kid:<46} {r.alg:<6} {r.state.value:<9} {_ts(r.created_at):<21} {_ts(r.retire_at)}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    result = build_key_manager(settings).revoke(args.kid)
+    print(f"revoked  {args.kid}: tokens it signed are refused from now on")
+    if result.activated:
+        print(f"active   {result.activated}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="issuer", description="A self-hosted OAuth 2.0 token issuer.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="serve HTTP with uvicorn")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("init", help="create/migrate the database and key material").set_defaults(
+        func=cmd_init
+    )
+
+    db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users", required=True)
+    add = users.add_parser("add", help="add a user (password prompted or from stdin)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, help="admin | engineer | viewer")
+    add.add_argument("--password-stdin", action="store_true")
+    add.set_defaults(func=cmd_users_add)
+    users.add_parser("list").set_defaults(func=cmd_users_list)
+    for name, active in (("disable", False), ("enable", True)):
+        p = users.add_parser(name)
+        p.add_argument("username")
+        p.set_defaults(func=_set_active(active))
+    setpw = users.add_parser("set-password")
+    setpw.add_argument("username")
+    setpw.add_argument("--password-stdin", action="store_true")
+    setpw.set_defaults(func=cmd_users_set_password)
+
+    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
+        dest="clients", required=True
+    )
+    cadd = clients.add_parser("add", help="register a client (prints its secret once)")
+    cadd.add_argument("client_id")
+    cadd.add_argument("--public", action="store_true", help="no secret (auth method 'none')")
+    cadd.add_argument(
+        "--auth-method", choices=["client_secret_basic", "client_secret_post"], default=None
+    )
+    cadd.add_argument(
+        "--grant", action="append", help="password, refresh_token (repeatable; default both)"
+    )
+    cadd.add_argument("--scope", help="allowed scopes, space-separated (default: all)")
+    cadd.add_argument("--name", help="a human-readable name")
+    cadd.set_defaults(func=cmd_clients_add)
+    clients.add_parser("list").set_defaults(func=cmd_clients_list)
+    crm = clients.add_parser("remove")
+    crm.add_argument("client_id")
+    crm.set_defaults(func=cmd_clients_remove)
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys", required=True)
+    rotate = keys.add_parser("rotate", help="advance every key one state (first run creates)")
+    rotate.add_argument(
+        "--force", action="store_true", help="promote the next key even if published recently"
+    )
+    rotate.set_defaults(func=cmd_keys_rotate)
+    keys.add_parser("list").set_defaults(func=cmd_keys_list)
+    krv = keys.add_parser("revoke", help="remove a key at once (after a leak)")
+    krv.add_argument("kid")
+    krv.set_defaults(func=cmd_keys_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return int(args.func(settings, args))
+    except ConfigError as exc:
+        _fail("invalid configuration: " + "; ".join(exc.problems))
+    except (UsageError, IssuerError) as exc:
+        _fail(str(exc))
+    except OperationalError as exc:
+        _fail(
+            f"database error ({exc.orig.__class__.__name__}); is it reachable and initialized? "
+            "run `issuer init`"
+        )
+    except KeyboardInterrupt:
+        _fail("interrupted")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"issuer: error: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

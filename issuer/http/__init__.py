@@ -1,0 +1,1 @@
+"""The Starlette side: routes, request reading, responses. No protocol logic lives here."""

@@ -1,0 +1,193 @@
+"""The HTTP endpoints. Async handlers read the request, then run blocking work in a thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from issuer.errors import IssuerError, KeyStoreError, TokenError
+from issuer.http import routes
+from issuer.http.forms import BadRequestError, parse_form, read_body
+from issuer.http.responses import error_response, json_bytes, json_response
+from issuer.keystore import KeyStore
+from issuer.models import User
+from issuer.oauth.clients import TOKEN_AUTH_METHODS
+from issuer.oauth.requests import HttpRequest, OAuthResponse
+from issuer.oauth.server import IssuerServer
+from issuer.store.base import Store, UserStore
+from issuer.tokens import ACCESS, TokenService
+
+log = logging.getLogger("issuer.http")
+
+OAuthCall = Callable[[HttpRequest], OAuthResponse]
+
+
+def bearer_challenge(error: str | None = None, description: str | None = None) -> str:
+    """An RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge."""
+    parts = ['realm="issuer"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append(f'error_description="{description}"')
+    return "Bearer " + ", ".join(parts)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (RFC 6750 §2.1), or None."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def discovery_document(issuer: str, scopes: tuple[str, ...], signing_alg: str) -> dict[str, object]:
+    """RFC 8414 metadata (also served as OIDC discovery), built from the route table."""
+    return {
+        "issuer": issuer,
+        "token_endpoint": issuer + routes.TOKEN,
+        "jwks_uri": issuer + routes.JWKS,
+        "revocation_endpoint": issuer + routes.REVOKE,
+        "introspection_endpoint": issuer + routes.INTROSPECT,
+        "userinfo_endpoint": issuer + routes.USERINFO,
+        "grant_types_supported": ["password", "refresh_token"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+        ],
+        "scopes_supported": list(scopes),
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [signing_alg],
+        "userinfo_signing_alg_values_supported": [],
+        "claims_supported": ["sub", "username", "role", "roles"],
+    }
+
+
+@dataclass
+class Endpoints:
+    """The handlers, bound to the components ``create_app`` built."""
+
+    issuer_url: str
+    server: IssuerServer
+    tokens: TokenService
+    keys: KeyStore
+    store: Store
+    users: UserStore
+    discovery_bytes: bytes
+    jwks_max_age: int
+
+    async def token(self, request: Request) -> Response:
+        return await self._oauth(request, routes.TOKEN, self.server.token_response)
+
+    async def revoke(self, request: Request) -> Response:
+        return await self._oauth(request, routes.REVOKE, self.server.revocation_response)
+
+    async def introspect(self, request: Request) -> Response:
+        return await self._oauth(request, routes.INTROSPECT, self.server.introspection_response)
+
+    async def _oauth(self, request: Request, path: str, call: OAuthCall) -> Response:
+        try:
+            form = parse_form(await read_body(request))
+        except BadRequestError as exc:
+            return error_response("invalid_request", exc.description, exc.status)
+        http_request = HttpRequest(
+            method=request.method,
+            url=self.issuer_url + path,
+            headers=request.headers,
+            form=form,
+            query=request.query_params.multi_items(),
+            content_type=request.headers.get("content-type", ""),
+            client_ip=request.client.host if request.client else "",
+        )
+        result = await run_in_threadpool(call, http_request)
+        return json_response(result.body, result.status, result.headers)
+
+    async def userinfo(self, request: Request) -> Response:
+        """RFC 6750-protected: the user behind the bearer access token."""
+        token = bearer_token(request)
+        if token is None:
+            return json_response(
+                {"error": "invalid_request", "error_description": "A bearer token is required."},
+                401,
+                {"WWW-Authenticate": bearer_challenge(), "Cache-Control": "no-store"},
+            )
+        try:
+            user = await run_in_threadpool(self._active_user, token)
+        except (TokenError, IssuerError) as exc:
+            description = "The access token is invalid, expired or revoked."
+            log.info("userinfo refused: %s", exc.code)
+            return json_response(
+                {"error": "invalid_token", "error_description": description},
+                401,
+                {
+                    "WWW-Authenticate": bearer_challenge("invalid_token", description),
+                    "Cache-Control": "no-store",
+                },
+            )
+        return json_response(
+            {"sub": user.id, "username": user.username, "role": user.role.value},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    def _active_user(self, token: str) -> User:
+        claims = self.tokens.verify(token, ACCESS)
+        user = self.users.get_by_id(claims["sub"])
+        if user is None or not user.is_active:
+            raise TokenError("the user is unknown or disabled")
+        return user
+
+    async def jwks(self, request: Request) -> Response:
+        """Public keys only, from bytes the key store precomputed; conditional GET."""
+        key_set = self.keys.current()
+        headers = {
+            "Cache-Control": f"public, max-age={self.jwks_max_age}",
+            "ETag": key_set.etag,
+        }
+        if _etag_matches(request.headers.get("if-none-match"), key_set.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(key_set.jwks_bytes, media_type="application/json", headers=headers)
+
+    async def discovery(self, request: Request) -> Response:
+        return Response(
+            self.discovery_bytes,
+            media_type="application/json",
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+    async def readyz(self, request: Request) -> Response:
+        checks = await run_in_threadpool(self._readiness)
+        ready = all(checks.values())
+        return json_response(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            200 if ready else 503,
+            {"Cache-Control": "no-store"},
+        )
+
+    def _readiness(self) -> dict[str, bool]:
+        try:
+            keys_ok = self.keys.current().signing is not None
+        except KeyStoreError:
+            keys_ok = False
+        return {"database": self.store.ping(), "signing_key": keys_ok}
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def metadata_bytes(issuer: str, scopes: tuple[str, ...], signing_alg: str) -> bytes:
+    return json_bytes(discovery_document(issuer, scopes, signing_alg))

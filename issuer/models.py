@@ -1,0 +1,101 @@
+"""Plain domain records shared by every layer: users, clients, refresh-token records.
+
+Frozen dataclasses, so a record read from a store can be handed across threads and
+never changes under its reader; stores map rows to these at their edge.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+
+class Role(enum.StrEnum):
+    """What a user may do; carried in the ``role`` claim of access tokens."""
+
+    ADMIN = "admin"
+    ENGINEER = "engineer"
+    VIEWER = "viewer"
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        """The role named ``value``; ValueError naming the allowed roles otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = " | ".join(r.value for r in cls)
+            raise ValueError(f"unknown role {value!r}; expected {allowed}") from None
+
+
+class AuthMethod(enum.StrEnum):
+    """How a client authenticates at the token endpoint (RFC 7591 §2 names)."""
+
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name
+    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - a method name
+    NONE = "none"
+
+
+GRANT_TYPES = ("password", "refresh_token")
+
+
+@dataclass(frozen=True)
+class User:
+    """A resource owner. ``password_hash`` is a bcrypt hash, or None for stores without one."""
+
+    id: str
+    username: str
+    role: Role
+    password_hash: str | None = field(default=None, repr=False)
+    is_active: bool = True
+    created_at: int = 0
+    updated_at: int = 0
+
+
+def hash_client_secret(secret: str) -> str:
+    """SHA-256 of a client secret, hex. Secrets are 256-bit random, so a fast hash suffices."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered OAuth client. Confidential clients have a ``secret_hash``."""
+
+    client_id: str
+    auth_method: AuthMethod
+    grant_types: tuple[str, ...] = GRANT_TYPES
+    scopes: tuple[str, ...] = ()
+    secret_hash: str | None = field(default=None, repr=False)
+    name: str = ""
+    created_at: int = 0
+
+    @property
+    def is_public(self) -> bool:
+        return self.auth_method is AuthMethod.NONE
+
+    def check_secret(self, secret: str) -> bool:
+        """Constant-time comparison of a presented secret with the stored hash."""
+        if self.secret_hash is None:
+            return False
+        presented = hash_client_secret(secret)
+        return hmac.compare_digest(presented, self.secret_hash)
+
+
+@dataclass(frozen=True)
+class RefreshRecord:
+    """Server-side state of one refresh token (by ``jti``) within its rotation family."""
+
+    jti: str
+    family_id: str
+    user_id: str
+    client_id: str
+    scope: str
+    issued_at: int
+    expires_at: int
+    spent_at: int | None = None
+    revoked_at: int | None = None
+
+    @property
+    def is_usable(self) -> bool:
+        return self.spent_at is None and self.revoked_at is None

@@ -1,0 +1,118 @@
+"""Authlib's view of our :class:`issuer.models.Client`, and safe client authentication.
+
+Authlib's own ``client_secret_basic`` parser lets a non-ASCII or non-UTF-8 Authorization
+header escape as an exception (a 500); ours answers ``invalid_client``. Secrets are
+compared as SHA-256 digests in constant time (:meth:`Client.check_secret`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from urllib.parse import unquote
+
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, OAuth2Request
+
+from issuer.models import AuthMethod, Client
+
+TOKEN_AUTH_METHODS = [m.value for m in AuthMethod]
+QueryClient = Callable[[str], "OAuthClient | None"]
+
+
+class OAuthClient(ClientMixin):  # type: ignore[misc]
+    """Adapts a stored client to Authlib's ClientMixin."""
+
+    def __init__(self, client: Client, server_scopes: tuple[str, ...]) -> None:
+        self.client = client
+        self.allowed_scopes = client.scopes or server_scopes
+
+    @property
+    def client_id(self) -> str:
+        return self.client.client_id
+
+    def get_client_id(self) -> str:
+        return self.client.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        if not scope:
+            return ""
+        return " ".join(s for s in scope.split() if s in self.allowed_scopes)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return self.client.check_secret(client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.client.auth_method.value
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.client.grant_types
+
+
+def basic_credentials(request: OAuth2Request) -> tuple[str, str] | None:
+    """``(client_id, secret)`` from an HTTP Basic header; None if there is no Basic header.
+
+    A malformed Basic header is ``invalid_client`` (401), never an exception.
+    """
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip().encode("ascii"), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidClientError(
+            status_code=401, description="Malformed HTTP Basic credentials."
+        ) from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep or not client_id:
+        raise InvalidClientError(status_code=401, description="Malformed HTTP Basic credentials.")
+    return unquote(client_id), unquote(secret)
+
+
+def authenticate_client_secret_basic(
+    query_client: QueryClient, request: OAuth2Request
+) -> OAuthClient | None:
+    credentials = basic_credentials(request)
+    if credentials is None:
+        return None
+    client = query_client(credentials[0])
+    if client is not None and client.check_client_secret(credentials[1]):
+        return client
+    return None
+
+
+def authenticate_client_secret_post(
+    query_client: QueryClient, request: OAuth2Request
+) -> OAuthClient | None:
+    client_id = request.form.get("client_id")
+    secret = request.form.get("client_secret")
+    if not client_id or not secret:
+        return None
+    client = query_client(client_id)
+    if client is not None and client.check_client_secret(secret):
+        return client
+    return None
+
+
+def authenticate_none(query_client: QueryClient, request: OAuth2Request) -> OAuthClient | None:
+    client_id = request.form.get("client_id")
+    if not client_id or "client_secret" in request.form:
+        return None
+    if basic_credentials(request) is not None:
+        return None
+    client = query_client(client_id)
+    if client is not None and client.client.is_public:
+        return client
+    return None

@@ -1,0 +1,103 @@
+"""Revocation (RFC 7009) and introspection (RFC 7662) over our JWTs and stores."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+
+from issuer.errors import TokenError
+from issuer.oauth.clients import OAuthClient
+from issuer.tokens import ACCESS, REFRESH
+
+if TYPE_CHECKING:
+    from issuer.oauth.server import IssuerServer
+
+audit = logging.getLogger("issuer.audit")
+
+HINTS = {"access_token": ACCESS, "refresh_token": REFRESH}
+
+
+class TokenRef:
+    """A token we issued: its verified claims. Authlib asks it a few questions."""
+
+    def __init__(self, claims: dict[str, Any]) -> None:
+        self.claims = claims
+
+    @property
+    def token_type(self) -> str:
+        return str(self.claims.get("type"))
+
+    def check_client(self, client: OAuthClient) -> bool:
+        return self.claims.get("client_id") == client.get_client_id()
+
+    def is_expired(self) -> bool:
+        return False  # verified before it got here
+
+    def is_revoked(self) -> bool:
+        return False  # verified before it got here
+
+
+class Revocation(RevocationEndpoint):  # type: ignore[misc]
+    """RFC 7009. A refresh token revokes its family; an access token's jti is denied (logout).
+
+    Unknown, malformed or foreign-signed tokens answer 200 as §2.2 asks.
+    """
+
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post", "none"]
+    server: IssuerServer
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRef | None:
+        try:
+            # Signature-verified, expiry not checked: revoking an expired token is harmless.
+            claims = self.server.tokens.decode(token_string)
+        except TokenError:
+            return None
+        if claims.get("type") not in (ACCESS, REFRESH) or not isinstance(claims.get("jti"), str):
+            return None
+        return TokenRef(claims)
+
+    def revoke_token(self, token: TokenRef, request: Any) -> None:
+        claims = token.claims
+        now = self.server.tokens.now()
+        if token.token_type == REFRESH:
+            record = self.server.store.get(claims["jti"])
+            if record is not None:
+                self.server.store.revoke_family(record.family_id, now)
+                audit.info(
+                    "revoke refresh family=%s client_id=%s", record.family_id, record.client_id
+                )
+        else:
+            exp = claims.get("exp")
+            expires_at = exp if isinstance(exp, int) else now + self.server.tokens.access_ttl
+            self.server.store.deny(claims["jti"], expires_at)
+            audit.info("revoke access jti=%s client_id=%s", claims["jti"], claims.get("client_id"))
+
+
+class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
+    """RFC 7662, for confidential clients: ``active`` plus the token's claims."""
+
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
+    server: IssuerServer
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRef | None:
+        order = [ACCESS, REFRESH]
+        if token_type_hint in HINTS and HINTS[token_type_hint] == REFRESH:
+            order.reverse()
+        for token_type in order:
+            try:
+                return TokenRef(self.server.tokens.verify(token_string, token_type))
+            except TokenError:
+                continue
+        return None
+
+    def check_permission(self, token: TokenRef, client: OAuthClient, request: Any) -> bool:
+        return True  # any authenticated confidential client (a resource server) may ask
+
+    def introspect_token(self, token: TokenRef) -> dict[str, Any]:
+        claims = dict(token.claims)
+        claims["active"] = True
+        claims["token_type"] = "Bearer" if token.token_type == ACCESS else "refresh_token"
+        return claims

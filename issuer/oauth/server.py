@@ -1,0 +1,249 @@
+"""The authorization server: Authlib's core wired to our stores, tokens and hasher.
+
+It speaks only :class:`HttpRequest` in and :class:`OAuthResponse` out; ``issuer.http``
+does the Starlette side. Its methods are blocking (bcrypt, database): call them from a
+worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import (
+    InvalidClientError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+    OAuth2Request,
+)
+
+from issuer.models import RefreshRecord, User
+from issuer.oauth.clients import (
+    OAuthClient,
+    authenticate_client_secret_basic,
+    authenticate_client_secret_post,
+    authenticate_none,
+    basic_credentials,
+)
+from issuer.oauth.endpoints import Introspection, Revocation
+from issuer.oauth.grants import PasswordGrant, RefreshTokenGrant
+from issuer.oauth.requests import HttpRequest, IssuerOAuth2Request, OAuthResponse
+from issuer.passwords import PasswordHasher
+from issuer.store.base import Store, UserStore
+from issuer.tokens import TokenService
+
+log = logging.getLogger("issuer.oauth")
+audit = logging.getLogger("issuer.audit")
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+NO_STORE_HEADERS = [
+    ("Content-Type", "application/json"),
+    ("Cache-Control", "no-store"),
+    ("Pragma", "no-cache"),
+]
+LoginFailureHook = Callable[[HttpRequest, str], None]
+
+
+def silence_authlib_token_logging() -> None:
+    """Authlib logs issued tokens at debug level ("Issue token %r to %r"): never let it emit."""
+    logging.getLogger("authlib").setLevel(logging.INFO)
+
+
+class IssuerServer(AuthorizationServer):  # type: ignore[misc]
+    """Authlib AuthorizationServer with the password and refresh_token grants (RFC 6749)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        users: UserStore,
+        tokens: TokenService,
+        hasher: PasswordHasher,
+        scopes: tuple[str, ...],
+        default_scope: str,
+        login_failure_hook: LoginFailureHook | None = None,
+    ) -> None:
+        super().__init__(scopes_supported=list(scopes))
+        silence_authlib_token_logging()
+        self.store = store
+        self.users = users
+        self.tokens = tokens
+        self.hasher = hasher
+        self.scopes = scopes
+        self.default_scope = default_scope
+        self.login_failure_hook = login_failure_hook
+        self.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
+        self.register_client_auth_method("client_secret_post", authenticate_client_secret_post)
+        self.register_client_auth_method("none", authenticate_none)
+        self.register_grant(PasswordGrant)
+        self.register_grant(RefreshTokenGrant)
+        self.register_endpoint(Revocation)
+        self.register_endpoint(Introspection)
+
+    # -- Authlib seams -------------------------------------------------------
+
+    def query_client(self, client_id: str) -> OAuthClient | None:
+        client = self.store.get_client(client_id)
+        return OAuthClient(client, self.scopes) if client is not None else None
+
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        """Unused: grants record refresh tokens themselves, atomically with rotation."""
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Authlib's signals carry tokens and clients: nothing here listens to them."""
+
+    def create_oauth2_request(self, request: HttpRequest | OAuth2Request) -> OAuth2Request:
+        if isinstance(request, OAuth2Request):
+            return request
+        return IssuerOAuth2Request(request)
+
+    def create_json_request(self, request: Any) -> Any:
+        raise NotImplementedError("no endpoint of this issuer takes JSON")
+
+    def handle_response(
+        self, status: int, body: dict[str, Any], headers: list[tuple[str, str]]
+    ) -> OAuthResponse:
+        return OAuthResponse(status, body, list(headers))
+
+    def authenticate_client(
+        self, request: OAuth2Request, methods: list[str], endpoint: str = "token"
+    ) -> OAuthClient:
+        # RFC 6749 §5.2: 401 with WWW-Authenticate only when the client used the
+        # Authorization header; Authlib answers 401 whenever Basic was merely allowed.
+        try:
+            client: OAuthClient = super().authenticate_client(request, methods, endpoint)
+        except InvalidClientError as error:
+            used_basic = basic_credentials(request) is not None
+            raise InvalidClientError(
+                status_code=401 if used_basic else 400,
+                description="Client authentication failed.",
+            ) from error
+        return client
+
+    # -- the three endpoints -------------------------------------------------
+
+    def token_response(self, request: HttpRequest) -> OAuthResponse:
+        """POST /oauth/token."""
+        if "grant_type" not in dict(request.form):
+            error = InvalidRequestError("The 'grant_type' parameter is required.")
+            response = self.handle_response(*error())
+        else:
+            response = self._guarded(request, lambda: self.create_token_response(request))
+        if response.status != 200:
+            response.headers.extend(h for h in NO_STORE_HEADERS[1:] if h not in response.headers)
+        return response
+
+    def revocation_response(self, request: HttpRequest) -> OAuthResponse:
+        """POST /oauth/revoke."""
+        return self._guarded(
+            request, lambda: self.create_endpoint_response(Revocation.ENDPOINT_NAME, request)
+        )
+
+    def introspection_response(self, request: HttpRequest) -> OAuthResponse:
+        """POST /oauth/introspect."""
+        response = self._guarded(
+            request, lambda: self.create_endpoint_response(Introspection.ENDPOINT_NAME, request)
+        )
+        response.headers.extend(h for h in NO_STORE_HEADERS[1:] if h not in response.headers)
+        return response
+
+    def _guarded(self, request: HttpRequest, call: Callable[[], OAuthResponse]) -> OAuthResponse:
+        try:
+            check_form_request(request)
+        except OAuth2Error as error:
+            return self.handle_response(*error())
+        return call()
+
+    # -- helpers for the grants ----------------------------------------------
+
+    def resolve_scope(self, client: OAuthClient, requested: str | None) -> str:
+        """The scope to grant: the request's (all allowed), or the default the client may have."""
+        if requested is None:
+            return " ".join(s for s in self.default_scope.split() if s in client.allowed_scopes)
+        wanted = requested.split()
+        if not wanted or not set(wanted) <= set(client.allowed_scopes):
+            raise InvalidScopeError("The requested scope is not allowed for this client.")
+        return " ".join(dict.fromkeys(wanted))
+
+    def issue_tokens(
+        self,
+        user: User,
+        client: OAuthClient,
+        scope: str,
+        *,
+        family_id: str | None = None,
+        refresh_scope: str | None = None,
+    ) -> tuple[dict[str, Any], RefreshRecord]:
+        """A token response body and the record of its new refresh token."""
+        client_id = client.get_client_id()
+        access, access_claims = self.tokens.create_access_token(
+            self.tokens.access_claims_for(user, client_id, scope)
+        )
+        refresh_data: dict[str, Any] = {
+            "sub": user.id,
+            "client_id": client_id,
+            "scope": refresh_scope if refresh_scope is not None else scope,
+        }
+        if family_id is not None:
+            refresh_data["fam"] = family_id
+        refresh, refresh_claims = self.tokens.create_refresh_token(refresh_data)
+        record = RefreshRecord(
+            jti=refresh_claims["jti"],
+            family_id=refresh_claims["fam"],
+            user_id=user.id,
+            client_id=client_id,
+            scope=refresh_claims["scope"],
+            issued_at=refresh_claims["iat"],
+            expires_at=refresh_claims["exp"],
+        )
+        body = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": access_claims["exp"] - access_claims["iat"],
+            "refresh_token": refresh,
+            "scope": scope,
+        }
+        return body, record
+
+    def token_headers(self) -> list[tuple[str, str]]:
+        return list(NO_STORE_HEADERS)
+
+    def on_login_failure(self, request: OAuth2Request, username: str) -> None:
+        audit.info("login failed client_id=%s", request.client.get_client_id())
+        if self.login_failure_hook is not None and isinstance(request, IssuerOAuth2Request):
+            self.login_failure_hook(request.http, username)
+
+    def on_refresh_reuse(self, record: RefreshRecord, reason: str) -> None:
+        revoked = self.store.revoke_family(record.family_id, self.tokens.now())
+        audit.warning(
+            "refresh token reuse: %s; revoked family=%s (%d tokens) user_id=%s client_id=%s",
+            reason,
+            record.family_id,
+            revoked,
+            record.user_id,
+            record.client_id,
+        )
+
+
+def check_form_request(request: HttpRequest) -> None:
+    """RFC 6749 §3.2 / §2.3: form body only, each parameter once, one client auth method."""
+    if request.method != "POST":
+        raise InvalidRequestError("Use POST.")
+    if request.content_type.split(";")[0].strip().lower() != FORM_CONTENT_TYPE:
+        raise InvalidRequestError(f"The request body must be {FORM_CONTENT_TYPE}.")
+    if request.query:
+        raise InvalidRequestError(
+            "Parameters must be sent in the request body, not in the query string."
+        )
+    seen: set[str] = set()
+    for name, _ in request.form:
+        if name in seen:
+            raise InvalidRequestError(f"The '{name}' parameter is repeated.")
+        seen.add(name)
+    form = dict(request.form)
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("basic ") and "client_secret" in form:
+        raise InvalidRequestError("Use one client authentication method, not two.")

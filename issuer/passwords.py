@@ -1,0 +1,136 @@
+"""Password hashing, checking and strength rules: the only module that imports bcrypt.
+
+bcrypt reads at most 72 bytes; bcrypt 5 raises ``ValueError`` beyond that, and older
+versions silently truncated. Here a longer password is refused when it is *set*
+(a strength rule) and simply fails when it is *checked*, never truncated, never an error.
+
+Checking never raises on user input and always spends one full bcrypt computation, so
+an unknown user, a malformed stored hash, an empty or over-long password all cost the
+same time as a wrong password (no user enumeration by timing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import string
+import threading
+
+import bcrypt
+
+DEFAULT_ROUNDS = 12
+MAX_PASSWORD_BYTES = 72
+MIN_PASSWORD_LENGTH = 8
+RESET_TOKEN_BYTES = 32
+SPECIAL_CHARACTERS = frozenset(string.punctuation + " ")
+
+
+class PasswordHasher:
+    """bcrypt with the work factor from settings, and a dummy hash for constant-time misses."""
+
+    def __init__(self, rounds: int = DEFAULT_ROUNDS) -> None:
+        if not 4 <= rounds <= 31:
+            raise ValueError("bcrypt rounds must be between 4 and 31")
+        self.rounds = rounds
+        self._dummy: bytes | None = None
+        self._lock = threading.Lock()
+
+    def hash(self, password: str) -> str:
+        """bcrypt hash of ``password``; ValueError for an empty or over-72-byte password."""
+        raw = password.encode("utf-8")
+        if not raw:
+            raise ValueError("password must not be empty")
+        if len(raw) > MAX_PASSWORD_BYTES:
+            raise ValueError(f"password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
+        return bcrypt.hashpw(raw, bcrypt.gensalt(self.rounds)).decode("ascii")
+
+    def verify(self, password: str, hashed: str | None) -> bool:
+        """True only if ``password`` matches ``hashed``; spends one bcrypt either way."""
+        raw = password.encode("utf-8", "surrogatepass") if isinstance(password, str) else b""
+        stored = _parse_hash(hashed)
+        if stored is None or not raw or len(raw) > MAX_PASSWORD_BYTES:
+            self._burn()
+            return False
+        try:
+            return bcrypt.checkpw(raw, stored)
+        except ValueError:  # e.g. a NUL byte: still spend the time of a check
+            self._burn()
+            return False
+
+    def _burn(self) -> None:
+        """Spend the time of one real check, against a hash of this hasher's cost."""
+        with contextlib.suppress(ValueError):
+            bcrypt.checkpw(b"not the password", self._dummy_hash())
+
+    def _dummy_hash(self) -> bytes:
+        with self._lock:
+            if self._dummy is None:
+                self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(self.rounds))
+            return self._dummy
+
+
+def _parse_hash(hashed: str | None) -> bytes | None:
+    """The stored hash as bytes if it looks like bcrypt, else None."""
+    if not hashed or not isinstance(hashed, str):
+        return None
+    raw = hashed.encode("ascii", "replace")
+    if len(raw) != 60 or not raw.startswith((b"$2a$", b"$2b$", b"$2y$")):
+        return None
+    return raw
+
+
+_default_hashers: dict[int, PasswordHasher] = {}
+_default_lock = threading.Lock()
+
+
+def _hasher(rounds: int) -> PasswordHasher:
+    with _default_lock:
+        hasher = _default_hashers.get(rounds)
+        if hasher is None:
+            hasher = _default_hashers[rounds] = PasswordHasher(rounds)
+        return hasher
+
+
+def hash_password(password: str, rounds: int = DEFAULT_ROUNDS) -> str:
+    """bcrypt hash of ``password`` (cost 12 unless told); ValueError if empty or over 72 bytes."""
+    return _hasher(rounds).hash(password)
+
+
+def verify_password(password: str, hashed: str | None) -> bool:
+    """True if ``password`` matches ``hashed``. Never raises; False for any bad input."""
+    stored = _parse_hash(hashed)
+    rounds = DEFAULT_ROUNDS
+    if stored is not None:
+        try:
+            rounds = min(max(int(stored[4:6]), 4), 31)
+        except ValueError:
+            stored = None
+    return _hasher(rounds).verify(password, hashed if stored is not None else None)
+
+
+def password_strength_failures(password: str) -> list[str]:
+    """The strength rules ``password`` breaks, in words; an empty list means it is strong."""
+    failures: list[str] = []
+    if len(password) < MIN_PASSWORD_LENGTH:
+        failures.append(f"at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        failures.append(f"at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
+    if not any(c.isupper() for c in password):
+        failures.append("an uppercase letter")
+    if not any(c.islower() for c in password):
+        failures.append("a lowercase letter")
+    if not any(c.isdigit() for c in password):
+        failures.append("a digit")
+    if not any(c in SPECIAL_CHARACTERS or not c.isalnum() for c in password):
+        failures.append("a special character")
+    return failures
+
+
+def validate_password_strength(password: str) -> bool:
+    """True if ``password`` meets every rule: 8+ chars, upper, lower, digit, special, ≤72 bytes."""
+    return not password_strength_failures(password)
+
+
+def generate_password_reset_token() -> str:
+    """A URL-safe reset token with 256 bits from the OS CSPRNG."""
+    return secrets.token_urlsafe(RESET_TOKEN_BYTES)

@@ -1,0 +1,335 @@
+"""Settings: one frozen, typed object built by :func:`load_settings`.
+
+Precedence is environment (``ISSUER_<SETTING>``) > TOML file (``ISSUER_CONFIG``, else
+``config/issuer.toml`` when present) > the defaults below, which ``config/issuer.toml``
+mirrors (a test keeps the two equal). Every problem is collected and reported at once,
+each naming its setting, so an operator fixes a broken deployment in one round.
+Secrets come only from the environment or a file the environment names, never from TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import tomllib
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from issuer.errors import ConfigError
+
+ENV_PREFIX = "ISSUER_"
+DEFAULT_CONFIG_PATH = Path("config/issuer.toml")
+SIGNING_ALGS = ("HS256", "RS256", "ES256", "EdDSA")
+MIN_SECRET_BYTES = 32
+# A secret's estimated entropy (Shannon, per character, times length) must reach this many
+# bits: it catches "aaaa…" and repeated words, while any random 32-byte secret in hex,
+# base64 or raw form passes easily.
+MIN_SECRET_ENTROPY_BITS = 128
+SECRET_SETTINGS = ("secret_key", "secret_key_file")
+LOOPBACK_HOSTS = ("localhost",)
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (tracebacks, logs)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the issuer. Field names are the TOML keys; ``ISSUER_<NAME>`` overrides."""
+
+    url: str = "http://127.0.0.1:8000"
+    audience: str = "issuer-api"
+    database_url: str = "sqlite:///var/issuer.db"
+    keys_dir: Path = Path("keys")
+    signing_alg: str = "HS256"
+    access_token_ttl: int = 1800
+    refresh_token_ttl: int = 604800
+    bcrypt_rounds: int = 12
+    leeway: int = 30
+    scopes: tuple[str, ...] = ("openid", "profile", "read", "write")
+    default_scope: str = "openid profile"
+    user_store: str = ""
+    allow_insecure_http: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+    rsa_key_size: int = 3072
+    jwks_max_age: int = 300
+    key_reload_interval: float = 1.0
+    db_pool_size: int = 5
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    secret_key: Secret | None = field(default=None, repr=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def refresh_lifetime_bound(self) -> int:
+        """Seconds after which every token signed now has expired (plus leeway)."""
+        return max(self.access_token_ttl, self.refresh_token_ttl) + self.leeway
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_DEFAULTS = Settings()
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, path: str | Path | None = None
+) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file and the environment.
+
+    Raises :class:`ConfigError` listing every invalid or missing setting.
+    """
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+
+    config_path = Path(path) if path is not None else _config_path(env)
+    if config_path is not None:
+        values.update(_read_toml(config_path, problems))
+
+    for name in _FIELDS:
+        if name in SECRET_SETTINGS:
+            continue
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+
+    settings_kwargs: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name not in _FIELDS or name in SECRET_SETTINGS:
+            continue
+        try:
+            settings_kwargs[name] = _coerce(name, raw)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+
+    secret = _read_secret(env, problems)
+    if secret is not None:
+        settings_kwargs["secret_key"] = Secret(secret)
+
+    settings = dataclasses.replace(_DEFAULTS, **settings_kwargs)
+    problems.extend(_validate(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _config_path(env: Mapping[str, str]) -> Path | None:
+    named = env.get(ENV_PREFIX + "CONFIG")
+    if named:
+        return Path(named)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        problems.append(f"ISSUER_CONFIG: no such file {path}")
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"ISSUER_CONFIG: cannot read {path}: {exc}")
+        return {}
+    section = data.get("issuer", data)
+    if not isinstance(section, dict):
+        problems.append(f"ISSUER_CONFIG: [issuer] in {path} must be a table")
+        return {}
+    for key in section:
+        if key in SECRET_SETTINGS:
+            problems.append(
+                f"{key}: secrets are never read from a config file; "
+                "set ISSUER_SECRET_KEY or ISSUER_SECRET_KEY_FILE"
+            )
+        elif key not in _FIELDS:
+            problems.append(f"{key}: unknown setting in {path}")
+    return {k: v for k, v in section.items() if k in _FIELDS and k not in SECRET_SETTINGS}
+
+
+def _coerce(name: str, raw: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branch per type
+    """Turn a TOML value or an environment string into the field's type."""
+    kind = type(getattr(_DEFAULTS, name))
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if kind is float:
+        try:
+            value = float(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {raw!r}")
+        return value
+    if kind is tuple:
+        items = raw if isinstance(raw, list) else str(raw).replace(",", " ").split()
+        if not all(isinstance(i, str) for i in items):
+            raise ValueError("expected a list of strings")
+        return tuple(items)
+    if kind is Path or isinstance(getattr(_DEFAULTS, name), Path):
+        if not isinstance(raw, str) or not raw:
+            raise ValueError("expected a path")
+        return Path(raw)
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {raw!r}")
+    return raw
+
+
+def _read_secret(env: Mapping[str, str], problems: list[str]) -> str | None:
+    inline = env.get(ENV_PREFIX + "SECRET_KEY")
+    file_name = env.get(ENV_PREFIX + "SECRET_KEY_FILE")
+    if inline and file_name:
+        problems.append("secret_key: set ISSUER_SECRET_KEY or ISSUER_SECRET_KEY_FILE, not both")
+        return None
+    if file_name:
+        try:
+            secret = Path(file_name).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"secret_key_file: cannot read {file_name}: {exc.__class__.__name__}")
+            return None
+        source = "ISSUER_SECRET_KEY_FILE"
+    elif inline is not None:
+        secret = inline
+        source = "ISSUER_SECRET_KEY"
+    else:
+        return None
+    problem = secret_problem(secret)
+    if problem:
+        problems.append(f"secret_key: {source} {problem}")
+        return None
+    return secret
+
+
+def secret_problem(secret: str) -> str | None:
+    """Say why ``secret`` is too weak to sign HS256 tokens, or None when it is fine."""
+    size = len(secret.encode("utf-8"))
+    if size < MIN_SECRET_BYTES:
+        return (
+            f"is {size} bytes; at least {MIN_SECRET_BYTES} random bytes are required "
+            '(generate one: python -c "import secrets; print(secrets.token_urlsafe(48))")'
+        )
+    if estimated_entropy_bits(secret) < MIN_SECRET_ENTROPY_BITS:
+        return (
+            "looks guessable (too little variety); use a random value "
+            '(python -c "import secrets; print(secrets.token_urlsafe(48))")'
+        )
+    return None
+
+
+def estimated_entropy_bits(secret: str) -> float:
+    """Shannon estimate of a string's entropy: per-character entropy times length."""
+    if not secret:
+        return 0.0
+    counts = Counter(secret)
+    n = len(secret)
+    per_char = -sum(c / n * math.log2(c / n) for c in counts.values())
+    return per_char * n
+
+
+def _validate(s: Settings) -> list[str]:
+    problems: list[str] = []
+    problems.extend(_url_problems(s))
+    if not s.audience.strip():
+        problems.append("audience: must not be empty")
+    if s.signing_alg not in SIGNING_ALGS:
+        problems.append(f"signing_alg: must be one of {', '.join(SIGNING_ALGS)}")
+    for name, low, high in (
+        ("access_token_ttl", 60, 86400),
+        ("refresh_token_ttl", 300, 365 * 86400),
+        ("bcrypt_rounds", 4, 31),
+        ("leeway", 0, 300),
+        ("jwks_max_age", 0, 86400),
+        ("db_pool_size", 1, 100),
+        ("port", 1, 65535),
+        ("workers", 1, 64),
+    ):
+        value = getattr(s, name)
+        if not low <= value <= high:
+            problems.append(f"{name}: must be between {low} and {high}, got {value}")
+    if s.rsa_key_size not in (2048, 3072, 4096):
+        problems.append("rsa_key_size: must be 2048, 3072 or 4096")
+    if not 0.0 <= s.key_reload_interval <= 60.0:
+        problems.append("key_reload_interval: must be between 0 and 60 seconds")
+    if s.log_format not in ("text", "json"):
+        problems.append("log_format: must be text or json")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        problems.append("log_level: must be debug, info, warning or error")
+    if not s.scopes:
+        problems.append("scopes: at least one scope is required")
+    unknown = set(s.default_scope.split()) - set(s.scopes)
+    if unknown:
+        problems.append(f"default_scope: not in scopes: {' '.join(sorted(unknown))}")
+    if not (s.database_url.startswith(("sqlite", "postgresql"))):
+        problems.append("database_url: must be a sqlite:/// or postgresql:// URL")
+    if s.user_store and ":" not in s.user_store:
+        problems.append("user_store: must be an import path like 'package.module:factory'")
+    return problems
+
+
+def _url_problems(s: Settings) -> list[str]:
+    try:
+        parts = urlsplit(s.url)
+    except ValueError:
+        return [f"url: not a URL: {s.url!r}"]
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [f"url: must be an absolute http(s) URL, got {s.url!r}"]
+    if parts.query or parts.fragment:
+        return ["url: must not have a query or fragment (RFC 8414 §2)"]
+    if s.url.endswith("/"):
+        return ["url: must not end with '/' (it is compared exactly as the 'iss' claim)"]
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not s.allow_insecure_http:
+        return [
+            "url: plain http is only allowed on a loopback host; use https, "
+            "or set allow_insecure_http = true behind a TLS-terminating proxy"
+        ]
+    return []
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses, where plain http is acceptable."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,81 @@
+"""The database schema, as SQLAlchemy Core tables. Alembic migrations create it.
+
+Times are integer seconds since the epoch (UTC): portable across SQLite and
+PostgreSQL, and the same NumericDate the tokens carry.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Index,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("username", String(150), nullable=False, unique=True),
+    Column("password_hash", String(60), nullable=True),
+    Column("role", String(16), nullable=False),
+    Column("is_active", Boolean, nullable=False, default=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint("role IN ('admin', 'engineer', 'viewer')", name="role"),
+)
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("client_id", String(100), primary_key=True),
+    Column("secret_hash", String(64), nullable=True),
+    Column("auth_method", String(32), nullable=False),
+    Column("grant_types", String(200), nullable=False),
+    Column("scopes", String(1000), nullable=False),
+    Column("name", String(200), nullable=False, default=""),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint(
+        "auth_method IN ('client_secret_basic', 'client_secret_post', 'none')",
+        name="auth_method",
+    ),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("family_id", String(64), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("client_id", String(100), nullable=False),
+    Column("scope", String(1000), nullable=False),
+    Column("issued_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("spent_at", BigInteger, nullable=True),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index("ix_refresh_tokens_family_id", "family_id"),
+    Index("ix_refresh_tokens_client_id", "client_id"),
+    Index("ix_refresh_tokens_expires_at", "expires_at"),
+)
+
+revoked_access_tokens = Table(
+    "revoked_access_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_revoked_access_tokens_expires_at", "expires_at"),
+)

@@ -1,0 +1,353 @@
+"""Access and refresh tokens: minting and verifying JWTs, behind one seam with an injected clock.
+
+Access tokens follow RFC 9068 (header ``typ: at+jwt``; claims ``iss sub aud exp iat jti
+client_id scope`` plus ``username role roles type``). Refresh tokens are JWTs too, with
+``type: refresh``, a family id ``fam`` and ``aud`` = the issuer itself, so no resource
+server configured for the API audience accepts one; each has a server-side record.
+
+Verification is two explicit steps, as joserfc does it: the signature, with the algorithm
+pinned to the key the ``kid`` names (never ``none``, never HMAC with a public key, never a
+key we do not know); then the claims (``iss``, ``aud``, ``exp``/``nbf``/``iat`` with
+leeway, ``type``) and finally revocation. Each failure raises its own
+:class:`issuer.errors.TokenError`.
+
+The module-level functions (``create_access_token``, ``verify_token``…) are the seed's
+façade over a :class:`TokenService`; :func:`configure` installs the one the app built.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any, Protocol
+
+from joserfc import jws, jwt
+from joserfc.errors import (
+    BadSignatureError as JoseBadSignature,
+)
+from joserfc.errors import (
+    ClaimError,
+    JoseError,
+    MissingClaimError,
+    SecurityWarning,
+)
+from joserfc.errors import (
+    ExpiredTokenError as JoseExpired,
+)
+from joserfc.jwt import JWTClaimsRegistry
+
+from issuer.errors import (
+    BadSignatureError,
+    ExpiredTokenError,
+    InvalidAudienceError,
+    InvalidIssuerError,
+    KeyStoreError,
+    MalformedTokenError,
+    NotYetValidError,
+    RevokedTokenError,
+    TokenError,
+    UnknownUserError,
+    WrongTokenTypeError,
+)
+from issuer.keystore import KeyStore
+from issuer.models import User
+from issuer.store.base import UserStore
+
+ACCESS = "access"
+REFRESH = "refresh"
+TOKEN_TYPES = (ACCESS, REFRESH)
+ACCESS_TYP = "at+jwt"
+REFRESH_TYP = "rt+jwt"
+MAX_TOKEN_BYTES = 8192
+DEFAULT_CLIENT_ID = "issuer"
+# Claims the service sets itself; callers cannot override them.
+RESERVED_CLAIMS = frozenset({"iss", "aud", "iat", "exp", "nbf", "jti", "type"})
+
+Clock = Callable[[], float]
+
+
+class RevocationCheck(Protocol):
+    """Says whether a token whose signature and claims are valid was revoked since."""
+
+    def is_revoked(self, claims: Mapping[str, Any]) -> bool:
+        """True if the token (identified by its verified claims) must be refused."""
+        ...
+
+
+_eddsa_warning_silenced = threading.Event()
+
+
+def _silence_eddsa_name_warning() -> None:
+    """Keep ``alg: EdDSA`` on the wire: verifiers (PyJWT, jose) know that name, not Ed25519.
+
+    joserfc 1.8 warns on every EdDSA call; the warning is about naming, not security.
+    """
+    if not _eddsa_warning_silenced.is_set():
+        warnings.filterwarnings(
+            "ignore", message="EdDSA is deprecated via RFC 9864", category=SecurityWarning
+        )
+        _eddsa_warning_silenced.set()
+
+
+class TokenService:
+    """Mints and verifies this issuer's tokens. Thread-safe; holds no per-request state."""
+
+    def __init__(
+        self,
+        keys: KeyStore,
+        *,
+        issuer: str,
+        audience: str,
+        access_ttl: int = 1800,
+        refresh_ttl: int = 604800,
+        leeway: int = 30,
+        clock: Clock = time.time,
+        revocations: RevocationCheck | None = None,
+        users: UserStore | None = None,
+    ) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+        self.leeway = leeway
+        self.clock = clock
+        self.revocations = revocations
+        self.users = users
+        _silence_eddsa_name_warning()
+
+    def now(self) -> int:
+        """The current time as a NumericDate (whole seconds, floored)."""
+        return int(self.clock())
+
+    # -- minting -------------------------------------------------------------
+
+    def create_access_token(
+        self, data: Mapping[str, Any], expires_in: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """A signed RFC 9068 access token for ``data`` (needs ``sub``) and its claims."""
+        ttl = self.access_ttl if expires_in is None else int(expires_in)
+        claims = self._base_claims(data, ACCESS, self.audience, ttl)
+        claims.setdefault("client_id", DEFAULT_CLIENT_ID)
+        if "role" in claims and "roles" not in claims:
+            claims["roles"] = [claims["role"]]
+        return self._sign(claims, ACCESS_TYP), claims
+
+    def create_refresh_token(
+        self, data: Mapping[str, Any], expires_in: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """A signed refresh token for ``data`` (needs ``sub``); new family unless ``fam`` given."""
+        ttl = self.refresh_ttl if expires_in is None else int(expires_in)
+        claims = self._base_claims(data, REFRESH, self.issuer, ttl)
+        claims.setdefault("client_id", DEFAULT_CLIENT_ID)
+        claims.setdefault("fam", uuid.uuid4().hex)
+        return self._sign(claims, REFRESH_TYP), claims
+
+    def access_claims_for(self, user: User, client_id: str, scope: str) -> dict[str, Any]:
+        """The application claims of an access token for ``user``."""
+        return {
+            "sub": user.id,
+            "client_id": client_id,
+            "scope": scope,
+            "username": user.username,
+            "role": user.role.value,
+            "roles": [user.role.value],
+        }
+
+    def _base_claims(
+        self, data: Mapping[str, Any], token_type: str, audience: str, ttl: int
+    ) -> dict[str, Any]:
+        if not isinstance(data.get("sub"), str) or not data["sub"]:
+            raise ValueError("token data needs a non-empty string 'sub'")
+        now = self.now()
+        claims = {k: v for k, v in data.items() if k not in RESERVED_CLAIMS}
+        claims.update(
+            {
+                "iss": self.issuer,
+                "aud": audience,
+                "iat": now,
+                "exp": now + ttl,
+                "jti": uuid.uuid4().hex,
+                "type": token_type,
+            }
+        )
+        return claims
+
+    def _sign(self, claims: dict[str, Any], typ: str) -> str:
+        signing = self.keys.current().signing
+        if signing is None:
+            raise KeyStoreError("no active signing key: run `issuer keys rotate`")
+        # Always an explicit key and kid: joserfc picks a random key from a KeySet otherwise.
+        header = {"alg": signing.alg, "kid": signing.kid, "typ": typ}
+        return jwt.encode(header, claims, signing.key, algorithms=[signing.alg])
+
+    # -- verifying -----------------------------------------------------------
+
+    def verify(
+        self, token: str, token_type: str = ACCESS, *, check_revoked: bool = True
+    ) -> dict[str, Any]:
+        """Fully verified claims of ``token``, or a specific TokenError.
+
+        ``check_revoked=False`` is for the refresh grant, which reads the record itself
+        to tell a revoked token from a replayed one.
+        """
+        if token_type not in TOKEN_TYPES:
+            raise ValueError(f"token_type must be one of {TOKEN_TYPES}")
+        header, claims = self._verified_parts(token)
+        expected_typ = ACCESS_TYP if token_type == ACCESS else REFRESH_TYP
+        if claims.get("type") != token_type or _typ(header) != expected_typ:
+            raise WrongTokenTypeError(f"expected a {token_type} token")
+        audience = self.audience if token_type == ACCESS else self.issuer
+        self._check_claims(claims, audience)
+        if check_revoked and self.revocations is not None and self.revocations.is_revoked(claims):
+            raise RevokedTokenError("the token was revoked")
+        return claims
+
+    def decode(self, token: str) -> dict[str, Any]:
+        """Signature-verified claims, without expiry, audience or type checks (for tooling)."""
+        return self._verified_parts(token)[1]
+
+    def get_current_user(self, token: str) -> User:
+        """The user an access token speaks for (active or not); TokenError or UnknownUserError."""
+        if self.users is None:
+            raise UnknownUserError("no user store is configured")
+        claims = self.verify(token, ACCESS)
+        user = self.users.get_by_id(claims["sub"])
+        if user is None:
+            raise UnknownUserError("the token's subject no longer exists")
+        return user
+
+    def _verified_parts(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+            raise MalformedTokenError("not a token")
+        try:
+            raw = token.encode("ascii")
+            header = jws.extract_compact(raw).headers()
+        except (JoseError, ValueError, TypeError, UnicodeError) as exc:
+            raise MalformedTokenError("not a compact JWS") from exc
+        kid, alg = header.get("kid"), header.get("alg")
+        if not isinstance(kid, str) or not isinstance(alg, str):
+            raise BadSignatureError("the token has no kid or alg")
+        if header.get("crit") is not None:
+            raise BadSignatureError("critical header parameters are not supported")
+        loaded = self.keys.current().verification_key(kid, self.clock())
+        if loaded is None:
+            raise BadSignatureError("unknown key id")
+        if alg != loaded.alg:
+            raise BadSignatureError("algorithm not allowed for this key")
+        try:
+            decoded = jwt.decode(raw, loaded.key, algorithms=[loaded.alg])
+        except JoseBadSignature as exc:
+            raise BadSignatureError("bad signature") from exc
+        except (JoseError, ValueError, TypeError) as exc:
+            raise MalformedTokenError("the token cannot be decoded") from exc
+        claims = decoded.claims
+        if not isinstance(claims, dict):
+            raise MalformedTokenError("the claims are not a JSON object")
+        return header, claims
+
+    def _check_claims(self, claims: dict[str, Any], audience: str) -> None:
+        registry = JWTClaimsRegistry(
+            now=self.now,
+            leeway=self.leeway,
+            iss={"essential": True, "value": self.issuer},
+            aud={"essential": True, "value": audience},
+            sub={"essential": True},
+            exp={"essential": True},
+            iat={"essential": True},
+            jti={"essential": True},
+        )
+        try:
+            registry.validate(claims)
+        except JoseExpired as exc:
+            raise ExpiredTokenError("the token has expired") from exc
+        except MissingClaimError as exc:
+            raise MalformedTokenError(f"missing claim: {exc.claim}") from exc
+        except ClaimError as exc:
+            raise _claim_error(exc) from exc
+        except (JoseError, ValueError, TypeError, OverflowError) as exc:
+            raise MalformedTokenError("claims of the wrong shape") from exc
+
+
+def _claim_error(exc: ClaimError) -> TokenError:
+    if exc.claim == "iss":
+        return InvalidIssuerError("the token was issued by someone else")
+    if exc.claim == "aud":
+        return InvalidAudienceError("the token is not meant for this audience")
+    if exc.claim in ("nbf", "iat") and "must be" not in str(exc.description):
+        return NotYetValidError("the token is not valid yet")
+    return MalformedTokenError(f"invalid claim: {exc.claim}")
+
+
+def _typ(header: Mapping[str, Any]) -> str:
+    """The ``typ`` header, normalized per RFC 7515 §4.1.9 (``application/`` prefix optional)."""
+    typ = header.get("typ")
+    if not isinstance(typ, str):
+        return ""
+    typ = typ.lower()
+    return typ.removeprefix("application/")
+
+
+def peek_claims(token: str) -> dict[str, Any] | None:
+    """Unverified claims, only to route a request (e.g. which store to ask); never trust them."""
+    try:
+        payload = jws.extract_compact(token.encode("ascii")).payload
+        claims = json.loads(payload)
+    except (JoseError, ValueError, TypeError, UnicodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+# -- the seed's façade ---------------------------------------------------------
+
+_service: TokenService | None = None
+_service_lock = threading.Lock()
+
+
+def configure(service: TokenService | None) -> None:
+    """Install the service the module-level functions use (``create_app`` does this)."""
+    global _service  # noqa: PLW0603 - the façade's single seam, set by the composition root
+    with _service_lock:
+        _service = service
+
+
+def get_service() -> TokenService:
+    """The configured service; RuntimeError if the app has not been created yet."""
+    service = _service
+    if service is None:
+        raise RuntimeError(
+            "issuer.tokens is not configured: create the app (issuer.app.create_app) "
+            "or call issuer.tokens.configure(TokenService(...)) first"
+        )
+    return service
+
+
+def create_access_token(data: Mapping[str, Any], expires_delta: timedelta | None = None) -> str:
+    """A signed access token for ``data`` (``sub`` required), valid 30 min or ``expires_delta``."""
+    expires_in = None if expires_delta is None else int(expires_delta.total_seconds())
+    return get_service().create_access_token(data, expires_in)[0]
+
+
+def create_refresh_token(data: Mapping[str, Any]) -> str:
+    """A signed refresh token for ``data`` (``sub`` required); the grant records it server-side."""
+    return get_service().create_refresh_token(data)[0]
+
+
+def verify_token(token: str, token_type: str = ACCESS) -> dict[str, Any]:
+    """Fully verified claims, or a specific :class:`issuer.errors.TokenError`."""
+    return get_service().verify(token, token_type)
+
+
+def decode_token(token: str) -> dict[str, Any]:
+    """Signature-verified claims without expiry/type checks; never unverified."""
+    return get_service().decode(token)
+
+
+def get_current_user(token: str) -> User:
+    """The user behind a valid access token."""
+    return get_service().get_current_user(token)

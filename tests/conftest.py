@@ -1,0 +1,192 @@
+"""Shared fixtures: settings built from a plain dict, stores on SQLite and PostgreSQL,
+an app with a TestClient, and factories that take cleartext.
+
+PostgreSQL tests use ``ISSUER_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``); each test gets its own schema. Where
+the server is unreachable they skip, saying why, unless ``ISSUER_TEST_REQUIRE_SERVICES=1``
+(CI sets it), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from starlette.testclient import TestClient
+
+from issuer.app import Components, build_components, create_app
+from issuer.models import AuthMethod, Client, Role, User, hash_client_secret
+from issuer.passwords import hash_password
+from issuer.settings import Settings, load_settings
+from issuer.store import migrate
+from issuer.store.memory import MemoryStore
+from issuer.store.sql import SqlStore, make_engine
+
+TEST_ROUNDS = 4
+PASSWORD = "Corr3ct-Horse!"
+POSTGRES_URL = os.environ.get(
+    "ISSUER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_SERVICES = os.environ.get("ISSUER_TEST_REQUIRE_SERVICES") == "1"
+
+
+def _postgres_problem() -> str | None:
+    try:
+        engine = create_engine(
+            "postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
+            connect_args={"connect_timeout": 3},
+        )
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        return f"PostgreSQL unreachable at {POSTGRES_URL}: {exc.__class__.__name__}"
+    return None
+
+
+_PG_PROBLEM: list[str | None] = []
+
+
+def require_postgres() -> None:
+    """Skip (locally) or fail (CI) when PostgreSQL is not reachable."""
+    if not _PG_PROBLEM:
+        _PG_PROBLEM.append(_postgres_problem())
+    problem = _PG_PROBLEM[0]
+    if problem:
+        if REQUIRE_SERVICES:
+            pytest.fail(problem + " (ISSUER_TEST_REQUIRE_SERVICES=1)")
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    require_postgres()
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = make_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'issuer.db'}"
+
+
+@pytest.fixture
+def secret_key() -> str:
+    return secrets.token_urlsafe(48)
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path, sqlite_url: str, secret_key: str
+) -> Callable[..., Settings]:
+    """Settings from defaults plus ``overrides`` (setting names, plain values).
+
+    Uses a low bcrypt cost, a tmp SQLite file, a tmp keys dir and an HS256 secret from
+    the "environment" unless overridden (``secret_key=None`` drops it).
+    """
+
+    def factory(**overrides: Any) -> Settings:
+        env: dict[str, str] = {
+            "ISSUER_DATABASE_URL": sqlite_url,
+            "ISSUER_KEYS_DIR": str(tmp_path / "keys"),
+            "ISSUER_BCRYPT_ROUNDS": str(TEST_ROUNDS),
+            "ISSUER_CONFIG": str(Path(__file__).parent / "empty.toml"),
+        }
+        secret = overrides.pop("secret_key", secret_key)
+        if secret is not None:
+            env["ISSUER_SECRET_KEY"] = secret
+        for name, value in overrides.items():
+            if isinstance(value, (list, tuple)):
+                value = " ".join(value)
+            env["ISSUER_" + name.upper()] = str(value)
+        return load_settings(env)
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+def migrated_store(database_url: str) -> SqlStore:
+    engine = make_engine(database_url)
+    migrate.upgrade(engine)
+    return SqlStore(engine)
+
+
+@pytest.fixture
+def components(settings: Settings) -> Iterator[Components]:
+    """Built components over a migrated database."""
+    migrate.upgrade(make_engine(settings.database_url))
+    parts = build_components(settings)
+    yield parts
+    parts.engine.dispose()
+
+
+@pytest.fixture
+def client(components: Components) -> Iterator[TestClient]:
+    """A TestClient on the app (base URL = the configured issuer URL)."""
+    app = create_app(components=components)
+    with TestClient(app, base_url=components.settings.url) as test_client:
+        yield test_client
+
+
+def add_user(
+    store: Any,
+    username: str = "alice",
+    password: str = PASSWORD,
+    role: Role = Role.ENGINEER,
+    *,
+    active: bool = True,
+) -> User:
+    """Create a user from a cleartext password (test bcrypt cost)."""
+    user: User = store.add_user(username, hash_password(password, TEST_ROUNDS), role)
+    if not active:
+        user = store.set_active(username, False)
+    return user
+
+
+def add_client(
+    store: Any,
+    client_id: str = "webapp",
+    *,
+    method: AuthMethod = AuthMethod.CLIENT_SECRET_BASIC,
+    grants: tuple[str, ...] = ("password", "refresh_token"),
+    scopes: tuple[str, ...] = (),
+) -> str | None:
+    """Register a client; returns its cleartext secret (None for a public client)."""
+    secret = None if method is AuthMethod.NONE else secrets.token_urlsafe(32)
+    store.add_client(
+        Client(
+            client_id=client_id,
+            auth_method=method,
+            grant_types=grants,
+            scopes=scopes,
+            secret_hash=hash_client_secret(secret) if secret else None,
+            created_at=int(time.time()),
+        )
+    )
+    return secret
+
+
+@pytest.fixture
+def memory_store() -> MemoryStore:
+    return MemoryStore()
