@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
@@ -93,9 +97,7 @@ def secret_key() -> str:
 
 
 @pytest.fixture
-def make_settings(
-    tmp_path: Path, sqlite_url: str, secret_key: str
-) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, sqlite_url: str, secret_key: str) -> Callable[..., Settings]:
     """Settings from defaults plus ``overrides`` (setting names, plain values).
 
     Uses a low bcrypt cost, a tmp SQLite file, a tmp keys dir and an HS256 secret from
@@ -113,9 +115,8 @@ def make_settings(
         if secret is not None:
             env["ISSUER_SECRET_KEY"] = secret
         for name, value in overrides.items():
-            if isinstance(value, (list, tuple)):
-                value = " ".join(value)
-            env["ISSUER_" + name.upper()] = str(value)
+            text_value = " ".join(value) if isinstance(value, (list, tuple)) else str(value)
+            env["ISSUER_" + name.upper()] = text_value
         return load_settings(env)
 
     return factory
@@ -196,8 +197,6 @@ def memory_store() -> MemoryStore:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -215,9 +214,6 @@ class LiveServer:
 
     def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> Any:
         """Run ``python -m issuer ARGS`` with the server's environment."""
-        import subprocess
-        import sys
-
         result = subprocess.run(
             [sys.executable, "-m", "issuer", *args],
             cwd=self.workdir,
@@ -226,17 +222,13 @@ class LiveServer:
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"issuer {' '.join(args)} failed: {result.stderr}")
         return result
 
     def start(self) -> LiveServer:
-        import subprocess
-        import sys
-
-        import httpx
-
         port = self.url.rsplit(":", 1)[1]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
