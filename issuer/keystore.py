@@ -15,13 +15,28 @@ Life of a key (each ``rotate`` moves every key one step)::
     not yet signing      that signs             accepted until every
                                                 token it signed expired
 
-A next key is published for at least ``jwks_max_age`` seconds before it signs, so a
-resource server whose JWKS cache is fresh always knows the signing key. HS256 keys in
-``keys/`` follow the same states but are never published.
+Each key is bound to one algorithm (RFC 8725 §3.1): its record names it, the file holds
+a key of that type, and verification uses that algorithm only. The key that signs is the
+active key of the configured ``signing_alg``.
 
-Writes are crash-safe: key files are written and fsynced first, then the manifest is
-replaced by an atomic rename, then files of retired keys are deleted. A crash at any
-point leaves the previous or the next valid manifest; orphaned key files are harmless.
+Timing. A server sees a manifest change up to ``key_reload_interval`` later, and the
+manifest keeps whole seconds: together that is the *propagation* delay (rounded up, plus
+one second). A next key may sign only once it has been published for ``jwks_max_age``
+plus propagation, so a verifier whose JWKS cache is fresh always knows the signing key
+(HS256 keys are never published, but every server must know one before another signs
+with it: they wait the propagation delay only). A demoted key stays accepted for the
+longest token lifetime plus leeway plus propagation, so every token it signed, refresh
+tokens included, expires before it goes. Rotating sooner is refused unless forced.
+Switching ``signing_alg`` activates a key of the new algorithm at once (nothing signed
+with it before, and servers restart to read the new setting); keys of the old one stay
+accepted as previous keys, and an old-algorithm next key, which never signed, is dropped.
+
+Writes are serialized by a file lock and crash-safe: key files are written and fsynced
+first, then the manifest is replaced by an atomic rename, then files of retired keys are
+deleted. A crash at any point leaves the previous or the next valid manifest; the
+orphaned files it may leave are removed by the next write. Readers take no lock: a
+manifest that does not load (half-edited by hand, a missing file) is logged and the last
+good key set stays in force.
 """
 
 from __future__ import annotations
@@ -32,10 +47,14 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
+import math
 import os
+import re
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,11 +66,28 @@ from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey
 from issuer.errors import KeyStoreError
 from issuer.settings import secret_problem
 
+log = logging.getLogger("issuer.keystore")
+
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 MANIFEST_VERSION = 1
 HS_SECRET_BYTES = 64
+MIN_HS_SECRET_BYTES = 32
+MIN_RSA_BITS = 2048
 ASYMMETRIC_ALGS = ("RS256", "ES256", "EdDSA")
+KNOWN_ALGS = ("HS256", *ASYMMETRIC_ALGS)
+CURVES = {"ES256": "P-256", "EdDSA": "Ed25519"}
+# The members a public JWK may carry for each key type (RFC 7518 §6, RFC 8037 §2), plus
+# the ones we add. Anything else (d p q dp dq qi k oth…) is never published.
+PUBLIC_MEMBERS = {
+    "RSA": ("kty", "n", "e"),
+    "EC": ("kty", "crv", "x", "y"),
+    "OKP": ("kty", "crv", "x"),
+}
+# Names that only KeyManager writes: orphans with these names are safe to delete.
+KEY_FILE_RE = re.compile(r"(?:hs256|rs256|es256|eddsa)-[0-9a-f]{16}\.(?:key|pem)")
+TMP_FILE_RE = re.compile(r"\.[^/]+\.[0-9a-f]{8}\.tmp")
+LOAD_ATTEMPTS = 3
 
 Clock = Callable[[], float]
 
@@ -60,6 +96,18 @@ class KeyState(enum.StrEnum):
     NEXT = "next"
     ACTIVE = "active"
     PREVIOUS = "previous"
+
+
+class UnknownKeyError(KeyStoreError):
+    """No key in the manifest has this kid."""
+
+    code = "unknown_key"
+
+
+class RotationTooSoonError(KeyStoreError):
+    """The next key has not been published long enough to sign yet."""
+
+    code = "rotation_too_soon"
 
 
 @dataclass(frozen=True)
@@ -91,24 +139,38 @@ class KeyRecord:
     def from_json(cls, data: Mapping[str, Any]) -> KeyRecord:
         try:
             record = cls(
-                kid=str(data["kid"]),
-                alg=str(data["alg"]),
+                kid=_text(data["kid"]),
+                alg=_text(data["alg"]),
                 state=KeyState(data["state"]),
-                file=str(data["file"]),
-                created_at=int(data["created_at"]),
+                file=_text(data["file"]),
+                created_at=_int(data["created_at"]),
                 published_at=_opt_int(data.get("published_at")),
                 activated_at=_opt_int(data.get("activated_at")),
                 retire_at=_opt_int(data.get("retire_at")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise KeyStoreError(f"manifest entry is malformed: {exc}") from None
-        if "/" in record.file or record.file.startswith("."):
+            raise KeyStoreError(f"manifest entry is malformed: {exc!r}") from None
+        if record.alg not in KNOWN_ALGS:
+            raise KeyStoreError(f"manifest entry {record.kid}: unsupported alg {record.alg!r}")
+        if "/" in record.file or "\\" in record.file or record.file.startswith("."):
             raise KeyStoreError(f"manifest entry {record.kid}: key file must be a plain name")
         return record
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return value
+
+
 def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    return None if value is None else _int(value)
 
 
 @dataclass(frozen=True)
@@ -178,9 +240,11 @@ def build_key_set(keys: list[LoadedKey], signing_alg: str) -> KeySet:
 
 def public_jwk(loaded: LoadedKey) -> dict[str, Any]:
     """The public JWK of an asymmetric key: public members plus kid, use and alg only."""
-    if isinstance(loaded.key, OctKey):
+    if isinstance(loaded.key, OctKey) or loaded.alg not in ASYMMETRIC_ALGS:
         raise KeyStoreError("a symmetric key is never published")
-    jwk: dict[str, Any] = dict(loaded.key.as_dict(private=False))
+    # An allow-list, not joserfc's idea of "public": nothing else can ever leak.
+    full = loaded.key.as_dict(private=False)
+    jwk: dict[str, Any] = {name: full[name] for name in PUBLIC_MEMBERS[str(full["kty"])]}
     jwk.update({"kid": loaded.kid, "use": "sig", "alg": loaded.alg})
     return jwk
 
@@ -205,6 +269,8 @@ class StaticKeyStore:
 def generate_key(alg: str, rsa_key_size: int = 3072) -> Key:
     """A fresh private key for ``alg``: RSA-3072 (default), P-256, Ed25519 or a 512-bit secret."""
     if alg == "RS256":
+        if rsa_key_size < MIN_RSA_BITS:
+            raise KeyStoreError(f"RSA keys need at least {MIN_RSA_BITS} bits")
         return RSAKey.generate_key(rsa_key_size, private=True)
     if alg == "ES256":
         return ECKey.generate_key("P-256", private=True)
@@ -243,21 +309,57 @@ def _deserialize(alg: str, data: bytes) -> Key:
     raise KeyStoreError(f"unsupported algorithm {alg!r} in the manifest")
 
 
+def _check_key(record: KeyRecord, key: Key) -> None:
+    """Refuse a key file that does not fit its record: wrong type, curve, size, or kid."""
+    where = f"key file {record.file} ({record.kid})"
+    if isinstance(key, OctKey):
+        if len(key.raw_value) < MIN_HS_SECRET_BYTES:
+            raise KeyStoreError(f"{where}: an HS256 secret needs {MIN_HS_SECRET_BYTES} bytes")
+        return
+    if not key.is_private:
+        raise KeyStoreError(f"{where}: holds a public key; a private key is needed to sign")
+    if isinstance(key, RSAKey) and key.raw_value.key_size < MIN_RSA_BITS:
+        raise KeyStoreError(f"{where}: RSA keys need at least {MIN_RSA_BITS} bits")
+    if isinstance(key, ECKey | OKPKey) and key.curve_name != CURVES[record.alg]:
+        raise KeyStoreError(f"{where}: {record.alg} needs curve {CURVES[record.alg]}")
+    if key.thumbprint() != record.kid:
+        raise KeyStoreError(f"{where}: the key's RFC 7638 thumbprint is not its kid")
+
+
 def read_manifest(keys_dir: Path) -> list[KeyRecord]:
     """The manifest's records; an empty list when there is no manifest yet."""
     path = keys_dir / MANIFEST_NAME
     try:
-        data = json.loads(path.read_bytes())
+        raw = path.read_bytes()
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as exc:
-        raise KeyStoreError(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_manifest(raw, path)
+
+
+def parse_manifest(raw: bytes, path: Path) -> list[KeyRecord]:
+    """Records from manifest bytes, checked for the invariants every writer keeps."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise KeyStoreError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
         raise KeyStoreError(f"{path}: unknown manifest version")
     entries = data.get("keys")
-    if not isinstance(entries, list):
-        raise KeyStoreError(f"{path}: 'keys' must be a list")
-    return [KeyRecord.from_json(e) for e in entries]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise KeyStoreError(f"{path}: 'keys' must be a list of objects")
+    records = [KeyRecord.from_json(e) for e in entries]
+    for what, values in (("kid", [r.kid for r in records]), ("file", [r.file for r in records])):
+        repeated = [v for v, n in Counter(values).items() if n > 1]
+        if repeated:
+            raise KeyStoreError(f"{path}: {what} {repeated[0]!r} appears twice")
+    for state in (KeyState.ACTIVE, KeyState.NEXT):
+        per_alg = Counter(r.alg for r in records if r.state is state)
+        crowded = [alg for alg, n in per_alg.items() if n > 1]
+        if crowded:
+            raise KeyStoreError(f"{path}: more than one {state.value} {crowded[0]} key")
+    return records
 
 
 def _load_key(keys_dir: Path, record: KeyRecord) -> LoadedKey:
@@ -266,14 +368,18 @@ def _load_key(keys_dir: Path, record: KeyRecord) -> LoadedKey:
         data = path.read_bytes()
     except OSError as exc:
         raise KeyStoreError(f"cannot read key file {path}: {exc.strerror}") from None
-    return LoadedKey(record, _deserialize(record.alg, data))
+    key = _deserialize(record.alg, data)
+    _check_key(record, key)
+    return LoadedKey(record, key)
 
 
 class DirectoryKeyStore:
     """Keys from ``keys/manifest.json``, re-read when the manifest changes on disk.
 
-    Parsed keys are cached by kid, so a reload after rotation parses only new key files
-    (an RSA PEM costs ~26 ms to load; never do that per request).
+    The manifest (a few hundred bytes) is re-read at most every ``reload_interval``
+    seconds and compared by content: an mtime or inode can repeat within a clock tick,
+    content cannot. Parsed keys are cached by kid, so a reload after rotation parses only
+    new key files (an RSA PEM costs ~26 ms to load; never do that per request).
     """
 
     def __init__(
@@ -288,55 +394,84 @@ class DirectoryKeyStore:
         self.reload_interval = reload_interval
         self._clock = clock
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str], Key] = {}
-        self._stamp: tuple[int, int, int] | None = None
+        self._cache: dict[tuple[str, str, str], Key] = {}
+        self._manifest: bytes | None = None
+        self._rejected: bytes | None = None
         self._checked_at = float("-inf")
         self._key_set: KeySet | None = None
 
     def current(self) -> KeySet:
         now = self._clock()
         key_set = self._key_set
-        if (
-            key_set is not None
-            and now - self._checked_at < self.reload_interval
-            and now < key_set.valid_until
-        ):
+        if key_set is not None and self._fresh(key_set, now):
             return key_set
         with self._lock:
             return self._refresh(now)
 
+    def _fresh(self, key_set: KeySet, now: float) -> bool:
+        return now - self._checked_at < self.reload_interval and now < key_set.valid_until
+
     def _refresh(self, now: float) -> KeySet:
+        last_good = self._key_set
+        if last_good is not None and self._fresh(last_good, now):
+            return last_good  # another thread refreshed while this one waited
         self._checked_at = now
-        stamp = self._manifest_stamp()
-        if self._key_set is not None and stamp == self._stamp and now < self._key_set.valid_until:
-            return self._key_set
-        try:
-            key_set = self._load(now)
-        except KeyStoreError:
-            if self._key_set is None:
-                raise
-            # A half-written key set on disk must not take a running server down:
-            # keep serving the last good one and try again at the next check.
-            return self._key_set
-        self._stamp = stamp
-        self._key_set = key_set
-        return key_set
+        attempt = 0
+        while True:
+            attempt += 1
+            raw: bytes | None = None
+            try:
+                raw = self._read_manifest_bytes()
+                if last_good is not None:
+                    if raw == self._manifest and now < last_good.valid_until:
+                        return last_good
+                    if raw is None:
+                        raise KeyStoreError(f"{self.keys_dir / MANIFEST_NAME} has disappeared")
+                key_set = self._build(raw, now)
+            except KeyStoreError as exc:
+                # A rotation may have replaced the manifest and deleted a file this read
+                # still named: read again. Otherwise keep the last good set in force.
+                if attempt < LOAD_ATTEMPTS and self._manifest_differs(raw):
+                    continue
+                if last_good is None:
+                    raise
+                self._reject(exc, raw)
+                return last_good
+            self._manifest = raw
+            self._rejected = None
+            self._key_set = key_set
+            return key_set
 
-    def _manifest_stamp(self) -> tuple[int, int, int] | None:
+    def _read_manifest_bytes(self) -> bytes | None:
+        path = self.keys_dir / MANIFEST_NAME
         try:
-            st = (self.keys_dir / MANIFEST_NAME).stat()
-        except OSError:
+            return path.read_bytes()
+        except FileNotFoundError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {path}: {exc.strerror}") from None
 
-    def _load(self, now: float) -> KeySet:
-        records = [
-            r for r in read_manifest(self.keys_dir) if r.retire_at is None or r.retire_at > now
-        ]
+    def _manifest_differs(self, raw: bytes | None) -> bool:
+        try:
+            return self._read_manifest_bytes() != raw
+        except KeyStoreError:
+            return False
+
+    def _reject(self, exc: KeyStoreError, raw: bytes | None) -> None:
+        """Say once per bad manifest that it was refused, not at every reload."""
+        marker = raw or b""
+        if marker != self._rejected:
+            log.warning("key set not reloaded, keeping the last good one: %s", exc)
+        self._rejected = marker
+
+    def _build(self, raw: bytes | None, now: float) -> KeySet:
+        records = [] if raw is None else parse_manifest(raw, self.keys_dir / MANIFEST_NAME)
         loaded: list[LoadedKey] = []
-        cache: dict[tuple[str, str], Key] = {}
+        cache: dict[tuple[str, str, str], Key] = {}
         for record in records:
-            cache_key = (record.kid, record.file)
+            if record.retire_at is not None and record.retire_at <= now:
+                continue
+            cache_key = (record.kid, record.alg, record.file)
             key = self._cache.get(cache_key)
             if key is None:
                 key = _load_key(self.keys_dir, record).key
@@ -348,18 +483,12 @@ class DirectoryKeyStore:
 
 @dataclass(frozen=True)
 class RotationResult:
-    """What one ``rotate`` did, for the CLI to report."""
+    """What one ``rotate`` or ``revoke`` did, for the CLI to report."""
 
     created: list[str]
     activated: str | None
     retired: list[str]
     records: list[KeyRecord]
-
-
-class RotationTooSoonError(KeyStoreError):
-    """The next key has not been published long enough to sign yet."""
-
-    code = "rotation_too_soon"
 
 
 class KeyManager:
@@ -373,14 +502,25 @@ class KeyManager:
         jwks_max_age: int,
         retire_after: int,
         rsa_key_size: int = 3072,
+        reload_interval: float = 1.0,
         clock: Clock = time.time,
     ) -> None:
+        if signing_alg not in KNOWN_ALGS:
+            raise KeyStoreError(f"unsupported signing algorithm {signing_alg!r}")
         self.keys_dir = keys_dir
         self.signing_alg = signing_alg
         self.jwks_max_age = jwks_max_age
         self.retire_after = retire_after
         self.rsa_key_size = rsa_key_size
+        # Whole seconds until every server has seen a manifest change: the reload
+        # interval rounded up, plus one for the manifest's one-second timestamps.
+        self.propagation = math.ceil(reload_interval) + 1
         self._clock = clock
+
+    def lead_time(self, alg: str) -> int:
+        """Seconds a next key must have been known before it may sign."""
+        published = self.jwks_max_age if alg in ASYMMETRIC_ALGS else 0
+        return published + self.propagation
 
     # -- reading -------------------------------------------------------------
 
@@ -411,13 +551,14 @@ class KeyManager:
             records = read_manifest(self.keys_dir)
             target = next((r for r in records if r.kid == kid), None)
             if target is None:
-                raise KeyStoreError(f"no key with kid {kid!r}")
+                raise UnknownKeyError(f"no key with kid {kid!r}")
             now = int(self._clock())
             kept = [r for r in records if r.kid != kid]
             created: list[str] = []
             activated: str | None = None
             new_files: dict[str, bytes] = {}
             if target.state is KeyState.ACTIVE:
+                # A leak is an emergency: the successor signs at once, lead time or not.
                 successor = next(
                     (r for r in kept if r.state is KeyState.NEXT and r.alg == target.alg), None
                 )
@@ -433,39 +574,49 @@ class KeyManager:
                     else r
                     for r in kept
                 ]
+            if target.state is not KeyState.PREVIOUS and target.alg == self.signing_alg:
+                # Keep a published successor in line, so the next rotation has its lead.
+                created += self._add_next_key(kept, new_files, now)
             self._commit(kept, new_files, [target.file])
             return RotationResult(created, activated, [kid], kept)
 
     def _rotate(self, records: list[KeyRecord], *, force: bool) -> RotationResult:
         now = int(self._clock())
         alg = self.signing_alg
-        created: list[str] = []
         new_files: dict[str, bytes] = {}
-        retired = [r for r in records if r.retire_at is not None and r.retire_at <= now]
-        kept = [r for r in records if r not in retired]
+        # Expired previous keys go; so does a next key of another algorithm (after a
+        # switch of signing_alg), which never signed anything.
+        gone = [
+            r
+            for r in records
+            if (r.retire_at is not None and r.retire_at <= now)
+            or (r.state is KeyState.NEXT and r.alg != alg)
+        ]
+        kept = [r for r in records if r not in gone]
         active = [r for r in kept if r.state is KeyState.ACTIVE]
         upcoming = next((r for r in kept if r.state is KeyState.NEXT and r.alg == alg), None)
+        created = self._add_next_key(kept, new_files, now) if upcoming is None else []
         activated: str | None = None
 
-        if upcoming is None and not any(r.alg == alg for r in active):
-            # First run for this algorithm: nothing signs yet, so no cache can be stale.
-            upcoming, data = self._new_record(alg, KeyState.NEXT, now)
-            new_files[upcoming.file] = data
-            created.append(upcoming.kid)
-            kept.append(upcoming)
+        if not any(r.alg == alg for r in active):
+            # Nothing signs with this algorithm yet (first run, or a switch of
+            # signing_alg): its first key takes over at once, with a new one behind it.
+            upcoming = next(r for r in kept if r.state is KeyState.NEXT and r.alg == alg)
             force = True
 
         if upcoming is not None:
             published_for = now - (upcoming.published_at or upcoming.created_at)
-            if alg in ASYMMETRIC_ALGS and not force and published_for < self.jwks_max_age:
+            lead = self.lead_time(alg)
+            if not force and published_for < lead:
                 raise RotationTooSoonError(
-                    f"next key {upcoming.kid} has been published for {published_for}s; "
-                    f"it may sign only after jwks_max_age={self.jwks_max_age}s "
-                    "(verifiers cache the JWKS that long). Run again later, or pass --force"
+                    f"next key {upcoming.kid} has been known for {published_for}s; it may "
+                    f"sign after {lead}s (jwks_max_age={self.jwks_max_age}s, the JWKS cache "
+                    "lifetime, plus the key reload delay). Run again later, or pass --force"
                 )
             demoted = {r.kid for r in active}
+            retire_at = now + self.retire_after + self.propagation
             kept = [
-                replace(r, state=KeyState.PREVIOUS, retire_at=now + self.retire_after)
+                replace(r, state=KeyState.PREVIOUS, retire_at=retire_at)
                 if r.kid in demoted
                 else replace(r, state=KeyState.ACTIVE, activated_at=now)
                 if r.kid == upcoming.kid
@@ -473,15 +624,22 @@ class KeyManager:
                 for r in kept
             ]
             activated = upcoming.kid
+            created += self._add_next_key(kept, new_files, now)
 
-        if not any(r.state is KeyState.NEXT and r.alg == alg for r in kept):
-            following, data = self._new_record(alg, KeyState.NEXT, now)
-            new_files[following.file] = data
-            created.append(following.kid)
-            kept.append(following)
+        self._commit(kept, new_files, [r.file for r in gone])
+        return RotationResult(created, activated, [r.kid for r in gone], kept)
 
-        self._commit(kept, new_files, [r.file for r in retired])
-        return RotationResult(created, activated, [r.kid for r in retired], kept)
+    def _add_next_key(
+        self, records: list[KeyRecord], new_files: dict[str, bytes], now: int
+    ) -> list[str]:
+        """Append a next key for ``signing_alg`` unless one is there; the kids created."""
+        alg = self.signing_alg
+        if any(r.state is KeyState.NEXT and r.alg == alg for r in records):
+            return []
+        record, data = self._new_record(alg, KeyState.NEXT, now)
+        new_files[record.file] = data
+        records.append(record)
+        return [record.kid]
 
     def _new_record(self, alg: str, state: KeyState, now: int) -> tuple[KeyRecord, bytes]:
         key = generate_key(alg, self.rsa_key_size)
@@ -508,7 +666,14 @@ class KeyManager:
             json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n",
         )
         in_use = {r.file for r in records}
-        for name in stale_files:
+        # Besides this change's stale files: whatever an earlier crash left behind.
+        # Only names this class writes; we hold the lock, so no write is in flight.
+        orphans = [
+            p.name
+            for p in self.keys_dir.iterdir()
+            if KEY_FILE_RE.fullmatch(p.name) or TMP_FILE_RE.fullmatch(p.name)
+        ]
+        for name in dict.fromkeys([*stale_files, *orphans]):
             if name and name not in in_use:
                 with contextlib.suppress(FileNotFoundError):
                     (self.keys_dir / name).unlink()
@@ -526,7 +691,7 @@ class KeyManager:
 
 
 def ensure_keys_dir(keys_dir: Path) -> None:
-    """Create ``keys_dir`` (0700) if needed; refuse one that others can read."""
+    """Create ``keys_dir`` (0700) if needed; tighten one that others can read."""
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = keys_dir.stat().st_mode & 0o777
     if mode & 0o077:
