@@ -15,9 +15,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from issuer.app import build_key_manager, build_key_store, load_user_store
 from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
@@ -33,6 +35,7 @@ from issuer.store.sql import SqlStore, make_engine
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
 CLIENT_SECRET_BYTES = 32
+CLIENT_NAME_MAX = 200
 EXIT_USAGE = 2
 
 
@@ -41,13 +44,66 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: `--password X` must not silently mean `--password-stdin X`.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
-        print(f"issuer: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _fail(_without_values(message) + " (see --help)")
+
+
+def _without_values(message: str) -> str:
+    """argparse echoes stray arguments; they may be a password typed in the wrong place."""
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return message
+    shown = [
+        a.split("=", 1)[0] if a.startswith("-") else "…" for a in message[len(prefix) :].split()
+    ]
+    return prefix + " ".join(shown)
+
+
+class _RefusePassword(argparse.Action):
+    """``--password``: refused without echoing its value; argv is visible to ``ps``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            "passwords are never taken from the command line (ps and shell history show it); "
+            "use --password-stdin or the prompt"
+        )
+
+
+def _migrated_engine(settings: Settings) -> Engine:
+    """An engine on a database at the newest revision; UsageError (changing nothing) otherwise.
+
+    A missing SQLite file is reported rather than connected to: connecting would create it.
+    """
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        if path and path != ":memory:" and not Path(path).exists():
+            raise UsageError(f"database not initialized ({path} does not exist): run `issuer init`")
+    engine = make_engine(url, settings.db_pool_size)
+    current, head = migrate.current_revision(engine), migrate.head_revision()
+    if current != head:
+        engine.dispose()
+        if current is None:
+            raise UsageError("database not initialized: run `issuer init`")
+        raise UsageError(
+            f"the database is at revision {current}, expected {head}: run `issuer db upgrade`"
+        )
+    return engine
 
 
 def _store(settings: Settings) -> SqlStore:
-    return SqlStore(make_engine(settings.database_url, settings.db_pool_size))
+    return SqlStore(_migrated_engine(settings))
 
 
 def _user_admin(settings: Settings) -> UserAdmin:
@@ -62,7 +118,10 @@ def _user_admin(settings: Settings) -> UserAdmin:
 
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError:
+            raise UsageError("the password on stdin is not valid UTF-8") from None
         password = line[:-1] if line.endswith("\n") else line
         password = password.removesuffix("\r")
     else:
@@ -71,6 +130,10 @@ def _read_password(from_stdin: bool) -> str:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat password: ") != password:
             raise UsageError("the passwords do not match")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # stdin decodes with surrogateescape: stray bytes end up here
+        raise UsageError("the password is not valid UTF-8") from None
     failures = password_strength_failures(password)
     if failures:
         raise UsageError("password must have " + ", ".join(failures))
@@ -96,14 +159,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only `serve` needs it; other commands start faster
 
     build_key_store(settings)  # fail fast, with a message, before any worker starts
-    engine = make_engine(settings.database_url, settings.db_pool_size)
-    current, head = migrate.current_revision(engine), migrate.head_revision()
-    engine.dispose()
-    if current != head:
-        raise IssuerError(
-            f"the database is at revision {current or 'none'}, expected {head}: "
-            "run `issuer db upgrade` (or `issuer init`)"
-        )
+    _migrated_engine(settings).dispose()
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         "issuer.app:app_factory",
@@ -202,6 +258,8 @@ def cmd_users_set_password(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
     if not CLIENT_ID_RE.fullmatch(args.client_id):
         raise UsageError("client id must be 1-100 of letters, digits and . _ ~ -")
+    if args.name is not None and not 0 < len(args.name) <= CLIENT_NAME_MAX:
+        raise UsageError(f"--name must be 1-{CLIENT_NAME_MAX} characters")
     if args.public and args.auth_method:
         raise UsageError("--public clients have no secret; drop --auth-method")
     method = (
@@ -320,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("username")
     add.add_argument("--role", required=True, help="admin | engineer | viewer")
     add.add_argument("--password-stdin", action="store_true")
+    add.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
     add.set_defaults(func=cmd_users_add)
     users.add_parser("list").set_defaults(func=cmd_users_list)
     for name, active in (("disable", False), ("enable", True)):
@@ -329,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     setpw = users.add_parser("set-password")
     setpw.add_argument("username")
     setpw.add_argument("--password-stdin", action="store_true")
+    setpw.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
     setpw.set_defaults(func=cmd_users_set_password)
 
     clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
@@ -378,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"database error ({exc.orig.__class__.__name__}); is it reachable and initialized? "
             "run `issuer init`"
         )
+    except SQLAlchemyError as exc:
+        # Never the statement or its parameters: they may hold usernames or hashes.
+        _fail(f"database error ({exc.__class__.__name__})")
     except KeyboardInterrupt:
         _fail("interrupted")
 
