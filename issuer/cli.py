@@ -296,8 +296,9 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_clients_list(settings: Settings, args: argparse.Namespace) -> int:
+    found = _store(settings).list_clients()  # before the header: an error prints nothing
     print(f"{'CLIENT_ID':<24} {'AUTH':<20} {'GRANTS':<24} {'SCOPES':<24} CREATED")
-    for c in _store(settings).list_clients():
+    for c in found:
         scopes = " ".join(c.scopes) or "(all)"
         print(
             f"{c.client_id:<24} {c.auth_method.value:<20} {' '.join(c.grant_types):<24} "
