@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
@@ -18,6 +19,17 @@ if TYPE_CHECKING:
 audit = logging.getLogger("issuer.audit")
 
 HINTS = {"access_token": ACCESS, "refresh_token": REFRESH}
+
+
+def check_token_param(request: Any) -> None:
+    """Only ``token`` is required; an unknown ``token_type_hint`` is ignored.
+
+    RFC 7009 §2.1 lets the server ignore the hint and RFC 7662 §2.1 makes it search every
+    token type anyway; both endpoints detect the type from the token itself. (Authlib
+    answers an unknown hint with ``unsupported_token_type`` as a 401 without a challenge.)
+    """
+    if "token" not in request.form:
+        raise InvalidRequestError("The 'token' parameter is required.")
 
 
 class TokenRef:
@@ -49,6 +61,9 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post", "none"]
     server: IssuerServer
 
+    def check_params(self, request: Any, client: OAuthClient) -> None:
+        check_token_param(request)
+
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRef | None:
         try:
             # Signature-verified, expiry not checked: revoking an expired token is harmless.
@@ -77,10 +92,17 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
 
 
 class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
-    """RFC 7662, for confidential clients: ``active`` plus the token's claims."""
+    """RFC 7662, for confidential clients: ``active`` plus the token's claims.
+
+    A token is active when it verifies, is not revoked and its user still exists and is
+    enabled: the same rule userinfo and the refresh grant apply.
+    """
 
     CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
     server: IssuerServer
+
+    def check_params(self, request: Any, client: OAuthClient) -> None:
+        check_token_param(request)
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRef | None:
         order = [ACCESS, REFRESH]
@@ -88,9 +110,11 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
             order.reverse()
         for token_type in order:
             try:
-                return TokenRef(self.server.tokens.verify(token_string, token_type))
+                claims = self.server.tokens.verify(token_string, token_type)
             except TokenError:
                 continue
+            user = self.server.users.get_by_id(claims["sub"])
+            return TokenRef(claims) if user is not None and user.is_active else None
         return None
 
     def check_permission(self, token: TokenRef, client: OAuthClient, request: Any) -> bool:
