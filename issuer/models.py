@@ -75,11 +75,18 @@ class Client:
         return self.auth_method is AuthMethod.NONE
 
     def check_secret(self, secret: str) -> bool:
-        """Constant-time comparison of a presented secret with the stored hash."""
-        if self.secret_hash is None:
+        """Constant-time comparison of a presented secret with the stored hash.
+
+        False, never an error, for a public client, a client without a hash, or a
+        presented secret that is not a str.
+        """
+        if self.is_public or self.secret_hash is None or not isinstance(secret, str):
             return False
-        presented = hash_client_secret(secret)
-        return hmac.compare_digest(presented, self.secret_hash)
+        # surrogatepass: a lone surrogate from a sloppy form decoder is a wrong secret, not a crash.
+        raw = secret.encode("utf-8", "surrogatepass")
+        presented = hashlib.sha256(raw).hexdigest().encode("ascii")
+        # Bytes, because compare_digest refuses a str with non-ASCII characters.
+        return hmac.compare_digest(presented, self.secret_hash.encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ same time as a wrong password (no user enumeration by timing).
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import string
 import threading
@@ -23,6 +24,10 @@ MAX_PASSWORD_BYTES = 72
 MIN_PASSWORD_LENGTH = 8
 RESET_TOKEN_BYTES = 32
 SPECIAL_CHARACTERS = frozenset(string.punctuation + " ")
+# A whole modular-crypt bcrypt hash: version, cost 04-31, 22 salt + 31 digest characters.
+# Anything else is refused before bcrypt sees it, so bcrypt never fails half-way and
+# every failed check costs exactly one real computation.
+_BCRYPT_HASH = re.compile(rb"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
 class PasswordHasher:
@@ -36,25 +41,29 @@ class PasswordHasher:
         self._lock = threading.Lock()
 
     def hash(self, password: str) -> str:
-        """bcrypt hash of ``password``; ValueError for an empty or over-72-byte password."""
+        """bcrypt hash of ``password``; ValueError if empty, over 72 bytes or with a NUL."""
+        if not isinstance(password, str):
+            raise TypeError("password must be a str")
         raw = password.encode("utf-8")
         if not raw:
             raise ValueError("password must not be empty")
         if len(raw) > MAX_PASSWORD_BYTES:
             raise ValueError(f"password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
+        if b"\0" in raw:
+            # Some bcrypt builds stop at NUL; refusing it keeps every hash portable.
+            raise ValueError("password must not contain a NUL character")
         return bcrypt.hashpw(raw, bcrypt.gensalt(self.rounds)).decode("ascii")
 
     def verify(self, password: str, hashed: str | None) -> bool:
         """True only if ``password`` matches ``hashed``; spends one bcrypt either way."""
         raw = password.encode("utf-8", "surrogatepass") if isinstance(password, str) else b""
         stored = _parse_hash(hashed)
-        if stored is None or not raw or len(raw) > MAX_PASSWORD_BYTES:
+        if stored is None or not raw or len(raw) > MAX_PASSWORD_BYTES or b"\0" in raw:
             self._burn()
             return False
         try:
             return bcrypt.checkpw(raw, stored)
-        except ValueError:  # e.g. a NUL byte: still spend the time of a check
-            self._burn()
+        except ValueError:  # unreachable for a parsed hash; never let user input raise
             return False
 
     def _burn(self) -> None:
@@ -70,13 +79,11 @@ class PasswordHasher:
 
 
 def _parse_hash(hashed: str | None) -> bytes | None:
-    """The stored hash as bytes if it looks like bcrypt, else None."""
-    if not hashed or not isinstance(hashed, str):
+    """The stored hash as bytes if it is a well-formed bcrypt hash, else None."""
+    if not isinstance(hashed, str) or not hashed.isascii():
         return None
-    raw = hashed.encode("ascii", "replace")
-    if len(raw) != 60 or not raw.startswith((b"$2a$", b"$2b$", b"$2y$")):
-        return None
-    return raw
+    raw = hashed.encode("ascii")
+    return raw if _BCRYPT_HASH.fullmatch(raw) else None
 
 
 _default_hashers: dict[int, PasswordHasher] = {}
@@ -92,20 +99,21 @@ def _hasher(rounds: int) -> PasswordHasher:
 
 
 def hash_password(password: str, rounds: int = DEFAULT_ROUNDS) -> str:
-    """bcrypt hash of ``password`` (cost 12 unless told); ValueError if empty or over 72 bytes."""
+    """bcrypt hash of ``password`` (cost 12 unless told); ValueError if empty, over 72 bytes
+    or containing NUL."""
     return _hasher(rounds).hash(password)
 
 
-def verify_password(password: str, hashed: str | None) -> bool:
-    """True if ``password`` matches ``hashed``. Never raises; False for any bad input."""
+def verify_password(password: str, hashed: str | None, rounds: int = DEFAULT_ROUNDS) -> bool:
+    """True if ``password`` matches ``hashed``. Never raises; False for any bad input.
+
+    A failed check costs one bcrypt at the stored hash's cost, or at ``rounds`` when there
+    is no usable hash (an unknown user), so the two cannot be told apart by timing.
+    """
     stored = _parse_hash(hashed)
-    rounds = DEFAULT_ROUNDS
     if stored is not None:
-        try:
-            rounds = min(max(int(stored[4:6]), 4), 31)
-        except ValueError:
-            stored = None
-    return _hasher(rounds).verify(password, hashed if stored is not None else None)
+        rounds = int(stored[4:6])
+    return _hasher(rounds).verify(password, hashed)
 
 
 def password_strength_failures(password: str) -> list[str]:
@@ -115,6 +123,12 @@ def password_strength_failures(password: str) -> list[str]:
         failures.append(f"at least {MIN_PASSWORD_LENGTH} characters")
     if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
         failures.append(f"at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
+    if "\0" in password:
+        failures.append("no NUL character")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from undecodable terminal input
+        failures.append("only valid Unicode characters")
     if not any(c.isupper() for c in password):
         failures.append("an uppercase letter")
     if not any(c.islower() for c in password):
@@ -127,7 +141,12 @@ def password_strength_failures(password: str) -> list[str]:
 
 
 def validate_password_strength(password: str) -> bool:
-    """True if ``password`` meets every rule: 8+ chars, upper, lower, digit, special, ≤72 bytes."""
+    """True if ``password`` meets every rule: 8+ chars, upper, lower, digit, special, ≤72 bytes.
+
+    Never raises: anything but a str is simply not a strong password.
+    """
+    if not isinstance(password, str):
+        return False
     return not password_strength_failures(password)
 
 

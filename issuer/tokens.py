@@ -17,11 +17,12 @@ façade over a :class:`TokenService`; :func:`configure` installs the one the app
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, Protocol
@@ -34,11 +35,11 @@ from joserfc.errors import (
     ClaimError,
     JoseError,
     MissingClaimError,
-    SecurityWarning,
 )
 from joserfc.errors import (
     ExpiredTokenError as JoseExpired,
 )
+from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
 from issuer.errors import (
@@ -79,19 +80,27 @@ class RevocationCheck(Protocol):
         ...
 
 
-_eddsa_warning_silenced = threading.Event()
+class _Registry(JWSRegistry):
+    """joserfc's JWS algorithms, with ``EdDSA`` quiet.
 
-
-def _silence_eddsa_name_warning() -> None:
-    """Keep ``alg: EdDSA`` on the wire: verifiers (PyJWT, jose) know that name, not Ed25519.
-
-    joserfc 1.8 warns on every EdDSA call; the warning is about naming, not security.
+    joserfc 1.8 warns on every EdDSA call (it prefers ``Ed25519``), but verifiers such as
+    PyJWT and jose only know ``alg: EdDSA``, so that name stays on the wire. The warning is
+    about naming, not security; dropping it in our own registry leaves the process-wide warning
+    filters alone (changing them is neither thread-safe nor ours to do).
     """
-    if not _eddsa_warning_silenced.is_set():
-        warnings.filterwarnings(
-            "ignore", message="EdDSA is deprecated via RFC 9864", category=SecurityWarning
-        )
-        _eddsa_warning_silenced.set()
+
+    algorithms = dict(JWSRegistry.algorithms)  # noqa: RUF012 - joserfc's own class attribute
+
+
+_quiet_eddsa = copy.copy(JWSRegistry.algorithms["EdDSA"])
+_quiet_eddsa.security_warning = None
+_Registry.algorithms["EdDSA"] = _quiet_eddsa
+
+
+@functools.cache
+def _registry(alg: str) -> JWSRegistry:
+    """A registry allowing exactly ``alg``: the key pins the algorithm, never the token."""
+    return _Registry(algorithms=[alg])
 
 
 class TokenService:
@@ -119,7 +128,6 @@ class TokenService:
         self.clock = clock
         self.revocations = revocations
         self.users = users
-        _silence_eddsa_name_warning()
 
     def now(self) -> int:
         """The current time as a NumericDate (whole seconds, floored)."""
@@ -184,7 +192,7 @@ class TokenService:
             raise KeyStoreError("no active signing key: run `issuer keys rotate`")
         # Always an explicit key and kid: joserfc picks a random key from a KeySet otherwise.
         header = {"alg": signing.alg, "kid": signing.kid, "typ": typ}
-        return jwt.encode(header, claims, signing.key, algorithms=[signing.alg])
+        return jwt.encode(header, claims, signing.key, registry=_registry(signing.alg))
 
     # -- verifying -----------------------------------------------------------
 
@@ -214,9 +222,9 @@ class TokenService:
 
     def get_current_user(self, token: str) -> User:
         """The user an access token speaks for (active or not); TokenError or UnknownUserError."""
+        claims = self.verify(token, ACCESS)
         if self.users is None:
             raise UnknownUserError("no user store is configured")
-        claims = self.verify(token, ACCESS)
         user = self.users.get_by_id(claims["sub"])
         if user is None:
             raise UnknownUserError("the token's subject no longer exists")
@@ -241,7 +249,7 @@ class TokenService:
         if alg != loaded.alg:
             raise BadSignatureError("algorithm not allowed for this key")
         try:
-            decoded = jwt.decode(raw, loaded.key, algorithms=[loaded.alg])
+            decoded = jwt.decode(raw, loaded.key, registry=_registry(loaded.alg))
         except JoseBadSignature as exc:
             raise BadSignatureError("bad signature") from exc
         except (JoseError, ValueError, TypeError) as exc:
@@ -295,6 +303,8 @@ def _typ(header: Mapping[str, Any]) -> str:
 
 def peek_claims(token: str) -> dict[str, Any] | None:
     """Unverified claims, only to route a request (e.g. which store to ask); never trust them."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
+        return None
     try:
         payload = jws.extract_compact(token.encode("ascii")).payload
         claims = json.loads(payload)
