@@ -27,11 +27,12 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refusing more than ``limit`` bytes without reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise BadRequestError("The request body is too large.", 413)
-        except ValueError:
-            raise BadRequestError("Invalid Content-Length.") from None
+        digits = declared.strip()
+        # RFC 9110 §8.6: 1*DIGIT. int() would also take "-1", "+5", "1_0" and "٣".
+        if not (digits.isascii() and digits.isdigit()):
+            raise BadRequestError("Invalid Content-Length.")
+        if int(digits) > limit:
+            raise BadRequestError("The request body is too large.", 413)
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
