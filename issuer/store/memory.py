@@ -111,6 +111,8 @@ class MemoryStore:
             old = self._refresh.get(old_jti)
             if old is None or not old.is_usable:
                 return False
+            if new.jti in self._refresh:
+                raise DuplicateError("refresh token id already recorded")
             self._refresh[old_jti] = replace(old, spent_at=now)
             self._refresh[new.jti] = new
             return True

@@ -1,11 +1,16 @@
 """The default store: SQLAlchemy 2.x Core over SQLite or PostgreSQL.
 
-Each public method is one transaction (``engine.begin()``). Refresh rotation is a
-compare-and-set: ``UPDATE … WHERE jti = :old AND spent_at IS NULL AND revoked_at IS
-NULL`` must change exactly one row, and the new record is inserted in the same
-transaction, so of any number of concurrent rotations of one token exactly one wins,
-on SQLite (a single writer at a time) and on PostgreSQL (the row lock makes the
-losers re-check the WHERE clause after the winner commits).
+Each public method is one transaction. Refresh rotation is a compare-and-set:
+``UPDATE … WHERE jti = :old AND spent_at IS NULL AND revoked_at IS NULL`` must change
+exactly one row, and the new record is inserted in the same transaction, so of any
+number of concurrent rotations of one token exactly one wins:
+
+- on SQLite, because every writing transaction starts with ``BEGIN IMMEDIATE`` and so
+  holds the single write lock from its first statement to its commit (see
+  :func:`make_engine` for why not the driver's default);
+- on PostgreSQL, because under READ COMMITTED (pinned on the engine) the row lock
+  makes the losers wait, then re-check the WHERE clause against the winner's
+  committed row, match nothing and change nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,17 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, text, update
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
@@ -28,20 +43,51 @@ from issuer.store.schema import clients, refresh_tokens, revoked_access_tokens, 
 
 SQLITE_BUSY_TIMEOUT_S = 30
 
+# Execution option read by the SQLite "begin" hook: how to open a transaction.
+_SQLITE_BEGIN = "issuer_sqlite_begin"
+
 
 def make_engine(database_url: str, pool_size: int = 5) -> Engine:
-    """An engine tuned for the issuer: WAL + busy timeout on SQLite, pre-ping on PostgreSQL."""
+    """An engine tuned for the issuer: see the comments for SQLite and PostgreSQL."""
     url = database_url
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
+        # SQLite transaction control, and why the driver's default is not used:
+        #
+        # Python's sqlite3 (before 3.16) runs in "legacy transaction control": it sends
+        # a plain (deferred) BEGIN only before INSERT/UPDATE/DELETE, never before
+        # SELECT or DDL. Measured here: migrations were not atomic (each CREATE TABLE
+        # committed on its own), and replicas running `issuer init` at once failed
+        # with "table alembic_version already exists". And a deferred transaction
+        # that reads before it writes takes the write lock only at its first write;
+        # in WAL mode that upgrade fails at once with "database is locked" (the busy
+        # timeout does not apply) if another connection committed in between. The
+        # store's writes happened to start with their write, but nothing kept it so.
+        #
+        # So the driver is told to stay out of it (isolation_level=None) and
+        # SQLAlchemy's "begin" hook emits BEGIN itself (_sqlite_on_begin): a deferred
+        # BEGIN for reads (a consistent snapshot; WAL readers never block the writer)
+        # and BEGIN IMMEDIATE for every transaction that writes (see writer()), which
+        # takes the write lock up front or waits for it, up to the busy timeout.
+        # Writers queue instead of failing, and each sees the latest committed data.
+        #
+        # WAL lets readers proceed while one writer commits; synchronous=NORMAL is
+        # durable across application crashes (a power cut may lose the last commits).
         engine = create_engine(
             url,
             hide_parameters=True,
+            pool_size=pool_size,
+            max_overflow=pool_size * 2,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
         )
         event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
         return engine
+    # PostgreSQL: the rotation compare-and-set relies on READ COMMITTED re-checking
+    # the WHERE clause after a concurrent update. Under REPEATABLE READ or SERIALIZABLE
+    # (which a server or role may set as default_transaction_isolation) the loser of a
+    # race would instead fail with a serialization error, a 500. So pin the level.
     # hide_parameters: a failing statement's values (usernames, ids) stay out of logs.
     return create_engine(
         url,
@@ -49,10 +95,18 @@ def make_engine(database_url: str, pool_size: int = 5) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         hide_parameters=True,
+        isolation_level="READ COMMITTED",
     )
 
 
+def writer(engine: Engine) -> Engine:
+    """``engine`` for transactions that write: ``BEGIN IMMEDIATE`` on SQLite."""
+    return engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # The driver sends no BEGIN of its own; _sqlite_on_begin does (see make_engine).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -60,6 +114,11 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> N
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def _user(row: RowMapping) -> User:
@@ -105,6 +164,15 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Every transaction that writes goes through this: BEGIN IMMEDIATE on SQLite.
+        self._writer = writer(engine)
+        self._postgres = engine.dialect.name == "postgresql"
+
+    def _in_code_point_order(self, column: Any) -> Any:
+        # PostgreSQL orders text by the database's locale (en_US sorts "bob" before
+        # "Carol"); the "C" collation orders UTF-8 by code point, as SQLite and the
+        # memory store do, so listings are the same on every store.
+        return column.collate("C") if self._postgres else column
 
     # users
     def get_by_username(self, username: str) -> User | None:
@@ -129,7 +197,7 @@ class SqlStore:
             updated_at=now,
         )
         try:
-            with self.engine.begin() as conn:
+            with self._writer.begin() as conn:
                 conn.execute(
                     insert(users).values(
                         id=user.id,
@@ -146,8 +214,9 @@ class SqlStore:
         return user
 
     def list_users(self) -> Sequence[User]:
+        query = select(users).order_by(self._in_code_point_order(users.c.username))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(users).order_by(users.c.username)).mappings().all()
+            rows = conn.execute(query).mappings().all()
         return [_user(r) for r in rows]
 
     def set_active(self, username: str, active: bool) -> User:
@@ -157,7 +226,7 @@ class SqlStore:
         return self._update_user(username, password_hash=password_hash)
 
     def _update_user(self, username: str, **values: Any) -> User:
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             row = (
                 conn.execute(
                     update(users)
@@ -184,7 +253,7 @@ class SqlStore:
 
     def add_client(self, client: Client) -> Client:
         try:
-            with self.engine.begin() as conn:
+            with self._writer.begin() as conn:
                 conn.execute(
                     insert(clients).values(
                         client_id=client.client_id,
@@ -201,13 +270,14 @@ class SqlStore:
         return client
 
     def list_clients(self) -> Sequence[Client]:
+        query = select(clients).order_by(self._in_code_point_order(clients.c.client_id))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(clients).order_by(clients.c.client_id)).mappings().all()
+            rows = conn.execute(query).mappings().all()
         return [_client(r) for r in rows]
 
     def remove_client(self, client_id: str) -> None:
         now = int(time.time())
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             result = conn.execute(delete(clients).where(clients.c.client_id == client_id))
             if result.rowcount != 1:
                 raise NotFoundError(f"no client {client_id!r}")
@@ -221,7 +291,7 @@ class SqlStore:
     # refresh tokens
     def create(self, record: RefreshRecord) -> None:
         try:
-            with self.engine.begin() as conn:
+            with self._writer.begin() as conn:
                 _insert_refresh(conn, record)
         except IntegrityError:
             raise DuplicateError("refresh token id already recorded") from None
@@ -236,21 +306,25 @@ class SqlStore:
         return _refresh(row) if row else None
 
     def rotate(self, old_jti: str, new: RefreshRecord, now: int) -> bool:
-        with self.engine.begin() as conn:
-            spent = conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.jti == old_jti)
-                .where(refresh_tokens.c.spent_at.is_(None))
-                .where(refresh_tokens.c.revoked_at.is_(None))
-                .values(spent_at=now)
-            )
-            if spent.rowcount != 1:
-                return False
-            _insert_refresh(conn, new)
+        try:
+            with self._writer.begin() as conn:
+                spent = conn.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.jti == old_jti)
+                    .where(refresh_tokens.c.spent_at.is_(None))
+                    .where(refresh_tokens.c.revoked_at.is_(None))
+                    .values(spent_at=now)
+                )
+                if spent.rowcount != 1:
+                    return False
+                _insert_refresh(conn, new)
+        except IntegrityError:
+            # The new jti is taken: the whole transaction, spending included, rolled back.
+            raise DuplicateError("refresh token id already recorded") from None
         return True
 
     def revoke_family(self, family_id: str, now: int) -> int:
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             result = conn.execute(
                 update(refresh_tokens)
                 .where(refresh_tokens.c.family_id == family_id)
@@ -261,13 +335,30 @@ class SqlStore:
 
     # access-token deny list
     def deny(self, jti: str, expires_at: int) -> None:
-        insert_fn = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = (
-            insert_fn(revoked_access_tokens)
-            .values(jti=jti, expires_at=expires_at)
-            .on_conflict_do_nothing(index_elements=["jti"])
-        )
-        with self.engine.begin() as conn:
+        # One upsert, so concurrent denials of one jti cannot collide; a second denial
+        # can only extend the refusal (the later expiry wins), never shorten it.
+        if self._postgres:
+            pg = pg_insert(revoked_access_tokens).values(jti=jti, expires_at=expires_at)
+            statement: Any = pg.on_conflict_do_update(
+                index_elements=["jti"],
+                set_={
+                    "expires_at": func.greatest(
+                        revoked_access_tokens.c.expires_at, pg.excluded.expires_at
+                    )
+                },
+            )
+        else:
+            lite = sqlite_insert(revoked_access_tokens).values(jti=jti, expires_at=expires_at)
+            statement = lite.on_conflict_do_update(
+                index_elements=["jti"],
+                # SQLite's two-argument max() is the scalar maximum, not the aggregate.
+                set_={
+                    "expires_at": func.max(
+                        revoked_access_tokens.c.expires_at, lite.excluded.expires_at
+                    )
+                },
+            )
+        with self._writer.begin() as conn:
             conn.execute(statement)
 
     def is_denied(self, jti: str) -> bool:
@@ -278,7 +369,7 @@ class SqlStore:
         return row is not None
 
     def purge_expired(self, now: int) -> int:
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             result = conn.execute(
                 delete(revoked_access_tokens).where(revoked_access_tokens.c.expires_at < now)
             )
