@@ -79,9 +79,10 @@ class RefreshTokenStore(Protocol):
         ...
 
     def rotate(self, old_jti: str, new: RefreshRecord, now: int) -> bool:
-        """Spend ``old_jti`` and record ``new``, atomically; False if it was already spent.
+        """Spend ``old_jti`` and record ``new``, atomically; False if spent, revoked or unknown.
 
-        Exactly one of any number of concurrent calls with the same ``old_jti`` wins.
+        Exactly one of any number of concurrent calls with the same ``old_jti`` wins; a
+        losing call records nothing. DuplicateError (and no change) if ``new.jti`` is taken.
         """
         ...
 
@@ -94,15 +95,15 @@ class AccessDenylist(Protocol):
     """Access-token ``jti``s revoked before they expire (logout)."""
 
     def deny(self, jti: str, expires_at: int) -> None:
-        """Refuse ``jti`` from now until ``expires_at``; denying twice is fine."""
+        """Refuse ``jti`` from now until ``expires_at``; twice is fine: the later expiry wins."""
         ...
 
     def is_denied(self, jti: str) -> bool:
-        """True if ``jti`` was denied (and has not expired yet)."""
+        """True if ``jti`` was denied and not purged since (expired tokens fail on ``exp``)."""
         ...
 
     def purge_expired(self, now: int) -> int:
-        """Forget entries whose token expired; the number removed."""
+        """Forget entries whose ``expires_at`` is before ``now``; the number removed."""
         ...
 
 
