@@ -1,0 +1,167 @@
+"""``issuer db upgrade``: the shipped migrations build exactly the schema the code uses,
+on SQLite and PostgreSQL, idempotently, atomically, and safely from several processes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, text
+
+from issuer.models import Role
+from issuer.store import migrate
+from issuer.store.schema import metadata
+from issuer.store.sql import SqlStore, make_engine
+
+TABLES = {"users", "clients", "refresh_tokens", "revoked_access_tokens"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def test_an_empty_database_is_upgraded_to_head(engine: Engine) -> None:
+    assert migrate.current_revision(engine) is None
+    assert tables(engine) == set()
+
+    migrate.upgrade(engine)
+
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    assert tables(engine) == TABLES | {"alembic_version"}
+
+
+def test_upgrading_twice_is_a_no_op_that_keeps_the_data(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    alice = SqlStore(engine).add_user("alice", "$2b$04$" + "a" * 53, Role.ADMIN)
+
+    migrate.upgrade(engine)
+
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    assert SqlStore(engine).list_users() == [alice]
+    with engine.connect() as conn:
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+    assert versions == [(migrate.head_revision(),)]
+
+
+def test_head_revision_is_the_single_newest_shipped_revision() -> None:
+    config = migrate._config()
+    scripts = ScriptDirectory.from_config(config)
+
+    assert scripts.get_heads() == [migrate.head_revision()]
+    assert migrate.head_revision() is not None
+    revisions = list(scripts.walk_revisions())
+    assert revisions[0].revision == migrate.head_revision()
+    assert revisions[-1].down_revision is None
+
+
+def test_the_migrated_schema_is_exactly_the_schema_the_code_uses(engine: Engine) -> None:
+    migrate.upgrade(engine)
+
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        differences = compare_metadata(context, metadata)
+
+    assert differences == []
+
+
+def test_the_schema_comparison_does_notice_a_difference(engine: Engine) -> None:
+    """Guards the test above: an empty diff must not come from a blind comparison."""
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_refresh_tokens_family_id"))
+        conn.execute(text("CREATE TABLE stray (id INTEGER PRIMARY KEY)"))
+
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+
+    kinds = {(diff[0], getattr(diff[1], "name", None)) for diff in differences}
+    assert ("add_index", "ix_refresh_tokens_family_id") in kinds
+    assert ("remove_table", "stray") in kinds
+
+
+def test_migrating_creates_the_sqlite_directory_private_to_its_owner(tmp_path: Path) -> None:
+    directory = tmp_path / "var" / "issuer"
+    engine = make_engine(f"sqlite:///{directory / 'issuer.db'}")
+
+    migrate.upgrade(engine)
+    engine.dispose()
+
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert (directory / "issuer.db").is_file()
+
+
+def test_a_migration_that_fails_half_way_leaves_the_sqlite_database_unchanged(
+    sqlite_url: str,
+) -> None:
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:  # in the way of the third CREATE TABLE of revision 0001
+        conn.execute(text("CREATE TABLE refresh_tokens (something_else INTEGER)"))
+
+    with pytest.raises(Exception, match="refresh_tokens"):
+        migrate.upgrade(engine)
+
+    assert tables(engine) == {"refresh_tokens"}
+    assert migrate.current_revision(engine) is None
+    engine.dispose()
+
+
+def run_upgrades_at_once(database_url: str, workdir: Path, count: int) -> list[str]:
+    """``issuer db upgrade`` in ``count`` processes started together; their stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISSUER_")}
+    env.update(
+        ISSUER_DATABASE_URL=database_url,
+        ISSUER_SECRET_KEY=secrets.token_urlsafe(48),
+        ISSUER_KEYS_DIR=str(workdir / "keys"),
+        ISSUER_CONFIG=str(Path(__file__).parent / "empty.toml"),
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "issuer", "db", "upgrade"],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        outputs.append(out)
+    return outputs
+
+
+def test_replicas_upgrading_at_once_all_succeed(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    outputs = run_upgrades_at_once(database_url, tmp_path, count=3)
+
+    head = migrate.head_revision()
+    assert all(f"database at revision {head}" in out for out in outputs)
+    assert migrate.current_revision(engine) == head
+    assert tables(engine) == TABLES | {"alembic_version"}
