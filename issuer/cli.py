@@ -146,6 +146,21 @@ def _check_username(name: str) -> str:
     return name
 
 
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high] (argparse words the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
 def _ts(value: int | None) -> str:
     if not value:
         return "-"
@@ -363,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve HTTP with uvicorn")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--port", type=_bounded(1, 65535), help="default: the port setting")
+    serve.add_argument("--workers", type=_bounded(1, 64), help="default: the workers setting")
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("init", help="create/migrate the database and key material").set_defaults(

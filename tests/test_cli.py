@@ -563,6 +563,8 @@ BAD_INPUT = {
     "missing username": (["users", "add"], ["required"]),
     "missing role": (["users", "add", "bob", "--password-stdin"], ["--role"]),
     "missing kid": (["keys", "revoke"], ["required"]),
+    "serve on a bad port": (["serve", "--port", "70000"], ["--port", "between 1 and 65535"]),
+    "serve with no workers": (["serve", "--workers", "0"], ["--workers"]),
 }
 
 
@@ -660,3 +662,15 @@ def test_quickstart_prints_commands_for_the_configured_url(cli):
     assert proc.returncode == 0, proc.stderr
     assert "http://127.0.0.1:8123/oauth/token" in proc.stdout
     assert "--password-stdin" in proc.stdout
+
+
+def test_quickstart_with_an_invalid_configuration_says_so_in_one_line(cli):
+    proc = subprocess.run(
+        [sys.executable, "-m", "issuer.quickstart"],
+        env={**cli.env, "ISSUER_URL": "ftp://example.com"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_refused(Result(proc.returncode, proc.stdout, proc.stderr), "url")
