@@ -1,0 +1,304 @@
+"""Real servers, real keys, independent verifiers: PyJWT's PyJWKClient and node's jose.
+
+Nothing here imports the package: tokens come from `issuer serve` over HTTP, keys change
+through the `issuer keys` command, and verification is what a resource server would do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.e2e
+
+NODE_DIR = Path(__file__).parent / "node"
+AUDIENCE = "issuer-api"
+
+
+@pytest.fixture(scope="session")
+def node_verifier() -> Path:
+    """tests/node with jose installed (npm install once, when node_modules is missing)."""
+    for tool in ("node", "npm"):
+        assert shutil.which(tool), f"{tool} is needed for the jose verifier tests"
+    lock_path = Path(tempfile.gettempdir()) / "issuer-tests-npm-install.lock"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other test sessions may share this checkout
+        if not (NODE_DIR / "node_modules" / "jose" / "package.json").is_file():
+            subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--no-package-lock"],
+                cwd=NODE_DIR,
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+    return NODE_DIR / "verify.mjs"
+
+
+def jose_verify(script: Path, server, tokens: list[str]) -> list[dict[str, Any]]:
+    """Verify ``tokens`` with node jose against the server's JWKS; one result per token."""
+    request = {
+        "tokens": tokens,
+        "jwks_url": server.url + "/.well-known/jwks.json",
+        "issuer": server.url,
+        "audience": AUDIENCE,
+    }
+    done = subprocess.run(
+        ["node", str(script)],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert (done.returncode == 0) == all(r["ok"] for r in results)
+    return results
+
+
+class App:
+    """A client application of the live server: a user, a confidential client, HTTP calls."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        server.cli(
+            "users", "add", "alice", "--role", "engineer", "--password-stdin", stdin=PASSWORD
+        )
+        out = server.cli("clients", "add", "webapp").stdout
+        self.secret = next(
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("client_secret:")
+        )
+        self.http = httpx.Client(base_url=server.url, timeout=10)
+
+    def tokens(self) -> dict[str, Any]:
+        response = self.http.post(
+            "/oauth/token",
+            data={"grant_type": "password", "username": "alice", "password": PASSWORD},
+            auth=("webapp", self.secret),
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def refreshed(self, refresh_token: str) -> dict[str, Any]:
+        response = self.http.post(
+            "/oauth/token",
+            data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+            auth=("webapp", self.secret),
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def introspection_active(self, token: str) -> bool:
+        response = self.http.post(
+            "/oauth/introspect", data={"token": token}, auth=("webapp", self.secret)
+        )
+        assert response.status_code == 200, response.text
+        return bool(response.json()["active"])
+
+    def userinfo_status(self, token: str) -> int:
+        return self.http.get("/userinfo", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def pyjwt_verify(client: jwt.PyJWKClient, token: str, server, alg: str) -> dict[str, Any]:
+    """What a Python resource server does: key by kid from the JWKS, alg pinned, claims checked."""
+    header = jwt.get_unverified_header(token)
+    assert header["typ"] == "at+jwt"
+    key = client.get_signing_key_from_jwt(token)
+    return jwt.decode(
+        token,
+        key.key,
+        algorithms=[alg],
+        audience=AUDIENCE,
+        issuer=server.url,
+        options={"require": ["exp", "iat", "sub", "jti"]},
+    )
+
+
+def kid_of(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+def keys_by_state(server) -> dict[str, list[str]]:
+    """``issuer keys list``, parsed: state -> kids."""
+    lines = server.cli("keys", "list").stdout.splitlines()
+    assert lines[0].split() == ["KID", "ALG", "STATE", "CREATED", "RETIRES"]
+    states: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        kid, _alg, state, *_ = line.split()
+        states.setdefault(state, []).append(kid)
+    return states
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+def test_pyjwt_and_node_jose_verify_real_tokens_from_a_running_server(
+    live_server_factory, node_verifier, alg
+):
+    server = live_server_factory(signing_alg=alg, rsa_key_size=2048).start()
+    app = App(server)
+    issued = app.tokens()
+    access, refresh = issued["access_token"], issued["refresh_token"]
+    active_kid = keys_by_state(server)["active"][0]
+
+    claims = pyjwt_verify(
+        jwt.PyJWKClient(server.url + "/.well-known/jwks.json"), access, server, alg
+    )
+    assert claims["username"] == "alice"
+    assert claims["type"] == "access"
+    assert kid_of(access) == active_kid
+
+    metadata = app.http.get("/.well-known/openid-configuration").json()
+    assert alg in metadata["id_token_signing_alg_values_supported"]
+
+    ok, refused = jose_verify(node_verifier, server, [access, refresh])
+    assert ok["ok"] is True, ok
+    assert ok["alg"] == alg
+    assert ok["kid"] == active_kid
+    assert ok["payload"]["sub"] == claims["sub"]
+    assert ok["payload"]["aud"] == AUDIENCE
+    assert refused["ok"] is False  # a refresh token never passes for an access token
+    assert refused["code"] in ("ERR_JWT_CLAIM_VALIDATION_FAILED", "ERR_JWT_INVALID")
+
+
+def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_verifier):
+    """Zero failed verifications while keys rotate twice; a revoked key's tokens are refused."""
+    max_age = 1
+    server = live_server_factory(
+        signing_alg="RS256",
+        rsa_key_size=2048,
+        jwks_max_age=max_age,
+        key_reload_interval=0.2,
+        workers=2,
+    ).start()
+    app = App(server)
+    jwks_url = server.url + "/.well-known/jwks.json"
+    # A verifier that caches the JWKS exactly as long as Cache-Control allows, and, like
+    # PyJWT's default, refetches on an unknown kid only after a 30 s cooldown: a key that
+    # signed before it was published would fail here.
+    verifier = jwt.PyJWKClient(jwks_url, lifespan=max_age, cooldown_duration=30)
+    assert app.http.get("/.well-known/jwks.json").headers["cache-control"] == (
+        f"public, max-age={max_age}"
+    )
+
+    first = app.tokens()
+    old_kid = kid_of(first["access_token"])
+    pyjwt_verify(verifier, first["access_token"], server, "RS256")
+
+    rotations: list[str] = []
+    too_soon: list[str] = []
+    errors: list[str] = []
+
+    def rotate_twice() -> None:
+        for _ in range(60):  # bounded: at most ~30 s of retries
+            done = server.cli("keys", "rotate", check=False)
+            if done.returncode == 0:
+                rotations.append(done.stdout)
+                if len(rotations) == 2:
+                    return
+            elif "--force" in done.stderr:
+                too_soon.append(done.stderr)
+            else:
+                errors.append(done.stderr)
+                return
+            time.sleep(0.5)
+
+    rotator = threading.Thread(target=rotate_twice)
+    rotator.start()
+    failures: list[str] = []
+    kids_seen: list[str] = []
+    tokens_by_kid: dict[str, dict[str, Any]] = {}
+    verified = 0
+    deadline = time.monotonic() + 60
+    finished_at: float | None = None
+    refresh_token = first["refresh_token"]
+    while time.monotonic() < deadline:
+        if finished_at is None and not rotator.is_alive():
+            finished_at = time.monotonic()
+        if finished_at is not None and time.monotonic() - finished_at > 2 * max_age + 0.5:
+            break
+        issued = app.refreshed(refresh_token) if verified % 2 else app.tokens()
+        refresh_token = issued["refresh_token"]
+        token = issued["access_token"]
+        kid = kid_of(token)
+        if not kids_seen or kids_seen[-1] != kid:
+            kids_seen.append(kid)
+        tokens_by_kid.setdefault(kid, issued)
+        try:
+            pyjwt_verify(verifier, token, server, "RS256")
+            verified += 1
+        except jwt.PyJWTError as exc:
+            failures.append(f"{kid}: {exc.__class__.__name__}: {exc}")
+    rotator.join(timeout=60)
+
+    assert not errors, errors
+    assert len(rotations) == 2, (rotations, too_soon)
+    assert failures == []
+    assert verified > 10
+    states = keys_by_state(server)
+    assert len(states["active"]) == 1
+    new_kid = states["active"][0]
+    assert old_kid in states["previous"]
+    assert len(states["previous"]) == 2
+    assert len(set(kids_seen)) == 3  # the first key, then each rotation's new key
+    assert kids_seen[0] == old_kid
+    assert kids_seen[-1] == new_kid
+
+    # Every key's tokens verify through the issuer itself, old ones included.
+    for issued in tokens_by_kid.values():
+        assert app.introspection_active(issued["access_token"])
+
+    # Revoke the first key: its tokens are refused from now on, everywhere.
+    old = tokens_by_kid[old_kid]
+    middle_kid = next(k for k in kids_seen if k not in (old_kid, new_kid))
+    # "--": a thumbprint may begin with "-" (see test_keystore's CLI tests).
+    revoked = server.cli("keys", "revoke", "--", old_kid)
+    assert old_kid in revoked.stdout
+    refused_in_a_row = 0
+    for _ in range(200):  # bounded wait for every worker's reload (0.2 s each)
+        if app.introspection_active(old["access_token"]):
+            refused_in_a_row = 0
+            time.sleep(0.05)
+            continue
+        refused_in_a_row += 1
+        if refused_in_a_row >= 10:
+            break
+    assert refused_in_a_row >= 10
+    for _ in range(10):  # whichever worker answers
+        assert app.userinfo_status(old["access_token"]) == 401
+        assert not app.introspection_active(old["access_token"])
+        assert app.introspection_active(tokens_by_kid[middle_kid]["access_token"])
+    refused = app.http.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": old["refresh_token"]},
+        auth=("webapp", app.secret),
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_grant"
+
+    fresh_verifier = jwt.PyJWKClient(jwks_url)
+    with pytest.raises(jwt.PyJWKClientError):
+        fresh_verifier.get_signing_key_from_jwt(old["access_token"])
+    latest = app.tokens()["access_token"]
+    pyjwt_verify(fresh_verifier, latest, server, "RS256")
+    old_result, latest_result = jose_verify(node_verifier, server, [old["access_token"], latest])
+    assert old_result["ok"] is False
+    assert old_result["code"] == "ERR_JWKS_NO_MATCHING_KEY"
+    assert latest_result["ok"] is True
+
+    with contextlib.suppress(Exception):
+        app.http.close()
