@@ -150,14 +150,13 @@ def test_pyjwt_and_node_jose_verify_real_tokens_from_a_running_server(
     live_server_factory, node_verifier, alg
 ):
     server = live_server_factory(signing_alg=alg, rsa_key_size=2048).start()
+    jwks_url = server.url + "/.well-known/jwks.json"
     app = App(server)
     issued = app.tokens()
     access, refresh = issued["access_token"], issued["refresh_token"]
     active_kid = keys_by_state(server)["active"][0]
 
-    claims = pyjwt_verify(
-        jwt.PyJWKClient(server.url + "/.well-known/jwks.json"), access, server, alg
-    )
+    claims = pyjwt_verify(jwt.PyJWKClient(jwks_url), access, server, alg)
     assert claims["username"] == "alice"
     assert claims["type"] == "access"
     assert kid_of(access) == active_kid
@@ -173,6 +172,16 @@ def test_pyjwt_and_node_jose_verify_real_tokens_from_a_running_server(
     assert ok["payload"]["aud"] == AUDIENCE
     assert refused["ok"] is False  # a refresh token never passes for an access token
     assert refused["code"] in ("ERR_JWT_CLAIM_VALIDATION_FAILED", "ERR_JWT_INVALID")
+
+    by_argv = subprocess.run(
+        ["node", str(node_verifier), access, jwks_url, server.url, AUDIENCE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert by_argv.returncode == 0, by_argv.stdout
+    assert json.loads(by_argv.stdout)["results"][0]["kid"] == active_kid
 
 
 def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_verifier):
