@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import random
 from urllib.parse import quote_from_bytes
 
@@ -349,12 +350,17 @@ def test_a_huge_scope_is_invalid_scope(client, world):
 # -- what no HTTP client will send ----------------------------------------------------------------
 
 
-def asgi_post(app, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]):
-    """One request straight into the ASGI app: (status, headers, body)."""
+def asgi_post(
+    app, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes], *, hang_up=False
+):
+    """One request straight into the ASGI app: (status, headers, body).
+
+    ``hang_up``: the client disconnects after the chunks instead of ending the body.
+    """
 
     async def run():
         pending = [
-            {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+            {"type": "http.request", "body": c, "more_body": hang_up or i < len(chunks) - 1}
             for i, c in enumerate(chunks or [b""])
         ]
         sent: list[dict] = []
@@ -440,3 +446,15 @@ def test_a_body_in_many_small_chunks_is_reassembled(components, world):
     )
     assert status == 200, body
     assert "access_token" in json.loads(body)
+
+
+@pytest.mark.parametrize("path", POST_ENDPOINTS)
+def test_a_client_hanging_up_mid_body_is_not_a_server_error(components, world, path, caplog):
+    app = create_app(components=components)
+    before = snapshot(components)
+    status, _, body = asgi_post(
+        app, path, [(b"content-type", FORM.encode())], [b"grant_type=pass"], hang_up=True
+    )
+    assert status == 400, body
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert snapshot(components) == before

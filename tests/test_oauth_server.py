@@ -488,3 +488,18 @@ def test_components_server_issues_tokens_for_the_configured_issuer(components):
     claims = components.tokens.verify(response.body["access_token"])
     assert claims["iss"] == components.settings.url
     assert claims["aud"] == components.settings.audience
+
+
+def test_a_json_body_is_refused_for_its_content_type_before_anything_else(core):
+    response = core.server.token_response(
+        request("/oauth/token", [], headers=core.auth, content_type="application/json")
+    )
+    assert response.body["error"] == "invalid_request"
+    assert "application/x-www-form-urlencoded" in response.body["error_description"]
+
+
+def test_a_missing_grant_type_is_invalid_request_not_unsupported(core):
+    response = core.token({"username": "alice", "password": PASSWORD})
+    assert (response.status, response.body["error"]) == (400, "invalid_request")
+    assert "grant_type" in response.body["error_description"]
+    assert core.failures == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_FIELDS = 50
@@ -34,10 +34,15 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
         if int(digits) > limit:
             raise BadRequestError("The request body is too large.", 413)
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise BadRequestError("The request body is too large.", 413)
+    try:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise BadRequestError("The request body is too large.", 413)
+    except ClientDisconnect:
+        # The client gave up mid-body: nobody reads the answer, but it must not be
+        # logged as a server error (a 500 and a traceback) on every aborted request.
+        raise BadRequestError("The client closed the connection before the body ended.") from None
     return bytes(body)
 
 

@@ -127,13 +127,18 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
 
     def token_response(self, request: HttpRequest) -> OAuthResponse:
         """POST /oauth/token."""
-        if "grant_type" not in dict(request.form):
-            error = InvalidRequestError("The 'grant_type' parameter is required.")
-            response = self.handle_response(*error())
-        else:
-            response = self._guarded(request, lambda: self.create_token_response(request))
+        response = self._guarded(request, lambda: self._token(request))
         if response.status != 200:
             response.headers.extend(h for h in NO_STORE_HEADERS[1:] if h not in response.headers)
+        return response
+
+    def _token(self, request: HttpRequest) -> OAuthResponse:
+        # Authlib answers a missing grant_type with unsupported_grant_type; §5.2 says
+        # a missing required parameter is invalid_request.
+        if "grant_type" not in dict(request.form):
+            error = InvalidRequestError("The 'grant_type' parameter is required.")
+            return self.handle_response(*error())
+        response: OAuthResponse = self.create_token_response(request)
         return response
 
     def revocation_response(self, request: HttpRequest) -> OAuthResponse:
