@@ -217,7 +217,9 @@ def test_revocation_requires_client_authentication(client, login, basic):
     assert (anonymous.status_code, anonymous.json()["error"]) == (400, "invalid_client")
     wrong = client.post(REVOKE, data={"token": tokens["refresh_token"]}, auth=("webapp", "nope"))
     assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_client")
-    assert wrong.headers["www-authenticate"].startswith("Basic ")
+    assert wrong.headers["www-authenticate"].startswith(
+        'Basic realm="issuer", error="invalid_client"'
+    )
     assert refresh(client, tokens["refresh_token"], basic).status_code == 200
 
 

@@ -206,7 +206,9 @@ def test_a_nasty_authorization_header_is_a_json_4xx_and_changes_nothing(
     body = assert_json_client_error(response)
     assert body["error"] in {"invalid_client", "invalid_request"}, body
     if response.status_code == 401:
-        assert response.headers["www-authenticate"].startswith("Basic ")
+        assert response.headers["www-authenticate"].startswith(
+            'Basic realm="issuer", error="invalid_client"'
+        )
     assert snapshot(components) == before
 
 

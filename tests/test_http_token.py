@@ -357,7 +357,9 @@ def test_client_not_registered_for_refresh_is_unauthorized_client(client, compon
 def test_wrong_secret_via_basic_is_401_with_a_basic_challenge(client, alice, basic):
     response = client.post(TOKEN, data=password_form(), auth=("webapp", basic[1] + "x"))
     assert_error(response, "invalid_client", 401)
-    assert response.headers["www-authenticate"].startswith("Basic ")
+    assert response.headers["www-authenticate"].startswith(
+        'Basic realm="issuer", error="invalid_client"'
+    )
 
 
 def test_wrong_secret_via_post_is_invalid_client_without_a_basic_challenge(

@@ -336,7 +336,9 @@ def test_malformed_basic_credentials_are_invalid_client_401(core, authorization)
         headers={"Authorization": authorization},
     )
     assert (response.status, response.body["error"]) == (401, "invalid_client"), response.body
-    assert header(response, "WWW-Authenticate").startswith("Basic ")
+    assert header(response, "WWW-Authenticate").startswith(
+        'Basic realm="issuer", error="invalid_client"'
+    )
 
 
 def test_request_url_comes_from_the_issuer_not_a_host_header(core):

@@ -58,6 +58,37 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
         return grant_type in self.client.grant_types
 
 
+REALM = "issuer"
+
+
+class ClientAuthenticationError(InvalidClientError):  # type: ignore[misc]
+    """``invalid_client``; as a 401 it challenges with ``Basic realm=…`` (RFC 7617 §2).
+
+    Authlib's challenge omits the realm, which RFC 7617 makes required.
+    """
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        headers: list[tuple[str, str]] = [
+            h for h in super().get_headers() if h[0].lower() != "www-authenticate"
+        ]
+        if self.status_code == 401:
+            description = self.get_error_description().replace('"', "'")
+            headers.append(
+                (
+                    "WWW-Authenticate",
+                    f'Basic realm="{REALM}", error="{self.error}", '
+                    f'error_description="{description}"',
+                )
+            )
+        return headers
+
+
+def uses_basic(request: OAuth2Request) -> bool:
+    """True if the request carries an ``Authorization: Basic`` header, well-formed or not."""
+    header = request.headers.get("Authorization") or ""
+    return header.partition(" ")[0].lower() == "basic"
+
+
 def basic_credentials(request: OAuth2Request) -> tuple[str, str] | None:
     """``(client_id, secret)`` from an HTTP Basic header; None if there is no Basic header.
 
@@ -72,12 +103,14 @@ def basic_credentials(request: OAuth2Request) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(value.strip().encode("ascii"), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
-        raise InvalidClientError(
+        raise ClientAuthenticationError(
             status_code=401, description="Malformed HTTP Basic credentials."
         ) from None
     client_id, sep, secret = decoded.partition(":")
     if not sep or not client_id:
-        raise InvalidClientError(status_code=401, description="Malformed HTTP Basic credentials.")
+        raise ClientAuthenticationError(
+            status_code=401, description="Malformed HTTP Basic credentials."
+        )
     return unquote(client_id), unquote(secret)
 
 

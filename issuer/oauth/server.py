@@ -22,11 +22,12 @@ from authlib.oauth2.rfc6749 import (
 
 from issuer.models import RefreshRecord, User
 from issuer.oauth.clients import (
+    ClientAuthenticationError,
     OAuthClient,
     authenticate_client_secret_basic,
     authenticate_client_secret_post,
     authenticate_none,
-    basic_credentials,
+    uses_basic,
 )
 from issuer.oauth.endpoints import Introspection, Revocation
 from issuer.oauth.grants import PasswordGrant, RefreshTokenGrant
@@ -116,9 +117,8 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         try:
             client: OAuthClient = super().authenticate_client(request, methods, endpoint)
         except InvalidClientError as error:
-            used_basic = basic_credentials(request) is not None
-            raise InvalidClientError(
-                status_code=401 if used_basic else 400,
+            raise ClientAuthenticationError(
+                status_code=401 if uses_basic(request) else 400,
                 description="Client authentication failed.",
             ) from error
         return client
