@@ -505,3 +505,31 @@ def test_a_missing_grant_type_is_invalid_request_not_unsupported(core):
     assert (response.status, response.body["error"]) == (400, "invalid_request")
     assert "grant_type" in response.body["error_description"]
     assert core.failures == []
+
+
+# -- scope syntax (RFC 6749 §3.3) ------------------------------------------------------
+
+
+def test_scope_tokens_are_separated_by_spaces_only(core):
+    assert core.login(scope="read  write ")["scope"] == "read write"
+    for odd in ("read\twrite", "read\nwrite", "read\u3000write", "read\x1cwrite"):
+        response = core.token(
+            {"grant_type": "password", "username": "alice", "password": PASSWORD, "scope": odd}
+        )
+        assert response.body["error"] == "invalid_scope", repr(odd)
+
+
+def test_a_narrowed_refresh_scope_is_normalised(core):
+    token = core.login(scope="read write")["refresh_token"]
+    response = core.refresh(token, scope="read  read")
+    assert response.body["scope"] == "read"
+    assert core.tokens.verify(response.body["access_token"])["scope"] == "read"
+
+
+def test_a_client_loses_scopes_the_server_no_longer_offers(core):
+    secret = add_client(core.store, "legacy", scopes=("read", "retired"))
+    auth = basic_header("legacy", secret)
+    form = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    refused = core.token({**form, "scope": "retired"}, headers=auth)
+    assert refused.body["error"] == "invalid_scope"
+    assert core.token({**form, "scope": "read"}, headers=auth).body["scope"] == "read"

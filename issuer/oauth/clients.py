@@ -20,12 +20,26 @@ TOKEN_AUTH_METHODS = [m.value for m in AuthMethod]
 QueryClient = Callable[[str], "OAuthClient | None"]
 
 
+def scope_list(scope: str) -> list[str]:
+    """The scope tokens of ``scope``, in order, each once.
+
+    RFC 6749 §3.3: tokens are separated by spaces only; a tab or any other character
+    stays part of a token (which then matches no known scope).
+    """
+    return list(dict.fromkeys(token for token in scope.split(" ") if token))
+
+
 class OAuthClient(ClientMixin):  # type: ignore[misc]
     """Adapts a stored client to Authlib's ClientMixin."""
 
     def __init__(self, client: Client, server_scopes: tuple[str, ...]) -> None:
         self.client = client
-        self.allowed_scopes = client.scopes or server_scopes
+        # A client registered with scopes the server no longer offers loses them.
+        self.allowed_scopes = (
+            tuple(s for s in client.scopes if s in server_scopes)
+            if client.scopes
+            else server_scopes
+        )
 
     @property
     def client_id(self) -> str:
@@ -40,7 +54,7 @@ class OAuthClient(ClientMixin):  # type: ignore[misc]
     def get_allowed_scope(self, scope: str | None) -> str:
         if not scope:
             return ""
-        return " ".join(s for s in scope.split() if s in self.allowed_scopes)
+        return " ".join(s for s in scope_list(scope) if s in self.allowed_scopes)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return False

@@ -20,7 +20,7 @@ from authlib.oauth2.rfc6749.grants import (
 
 from issuer.errors import TokenError
 from issuer.models import RefreshRecord, User
-from issuer.oauth.clients import TOKEN_AUTH_METHODS, OAuthClient
+from issuer.oauth.clients import TOKEN_AUTH_METHODS, OAuthClient, scope_list
 from issuer.tokens import REFRESH
 
 if TYPE_CHECKING:
@@ -121,9 +121,8 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
         requested = self.request.payload.scope
         if requested is None:
             return
-        if not requested.strip() or not set(requested.split()) <= set(
-            credential.get_scope().split()
-        ):
+        wanted = scope_list(requested)
+        if not wanted or not set(wanted) <= set(scope_list(credential.get_scope())):
             raise InvalidScopeError("The requested scope exceeds the scope originally granted.")
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential | None:
@@ -146,7 +145,8 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
         if user is None or not user.is_active:
             self.server.store.revoke_family(old.family_id, self.server.tokens.now())
             raise InvalidGrantError(BAD_REFRESH)
-        access_scope = self.request.payload.scope or old.scope
+        requested = self.request.payload.scope
+        access_scope = " ".join(scope_list(requested)) if requested is not None else old.scope
         token, new = self.server.issue_tokens(
             user,
             self.request.client,

@@ -27,6 +27,7 @@ from issuer.oauth.clients import (
     authenticate_client_secret_basic,
     authenticate_client_secret_post,
     authenticate_none,
+    scope_list,
     uses_basic,
 )
 from issuer.oauth.endpoints import Introspection, Revocation
@@ -168,10 +169,10 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         """The scope to grant: the request's (all allowed), or the default the client may have."""
         if requested is None:
             return " ".join(s for s in self.default_scope.split() if s in client.allowed_scopes)
-        wanted = requested.split()
+        wanted = scope_list(requested)
         if not wanted or not set(wanted) <= set(client.allowed_scopes):
             raise InvalidScopeError("The requested scope is not allowed for this client.")
-        return " ".join(dict.fromkeys(wanted))
+        return " ".join(wanted)
 
     def issue_tokens(
         self,
