@@ -824,13 +824,6 @@ def add_key_whose_kid_starts_with_a_dash(keys_dir: Path) -> str:
     return kid
 
 
-def test_keys_cli_revokes_a_kid_starting_with_a_dash_after_double_dash(live_server_factory):
-    server = live_server_factory(signing_alg="ES256")
-    kid = add_key_whose_kid_starts_with_a_dash(Path(server.env["ISSUER_KEYS_DIR"]))
-    server.cli("keys", "revoke", "--", kid)
-    assert kid not in {row[0] for row in keys_table(server)}
-
-
 @pytest.mark.xfail(
     strict=True,
     reason="BUG (issuer/cli.py): argparse takes a kid starting with '-' (1 in 64 RFC 7638 "
