@@ -608,3 +608,41 @@ def test_readyz_turns_503_when_the_sqlite_volume_goes_away(make_settings, tmp_pa
         parts.engine.dispose()
     assert ready.status_code == 503
     assert ready.json()["checks"] == {"database": False, "signing_key": True}
+
+
+@pytest.fixture
+def outage(make_settings, caplog):
+    """A TestClient on an issuer whose PostgreSQL is unreachable (nothing listens there)."""
+    settings = make_settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    parts = build_components(settings)
+    app = create_app(components=parts)
+    with TestClient(app, base_url=settings.url, raise_server_exceptions=False) as test_client:
+        yield test_client
+    parts.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        (TOKEN, {"grant_type": "password", "username": "alice", "password": PASSWORD}),
+        (REVOKE, {"token": "x"}),
+        (INTROSPECT, {"token": "x"}),
+    ],
+)
+def test_a_database_outage_is_503_with_retry_after(outage, caplog, path, form):
+    response = outage.post(path, data=form, auth=("webapp", "s3cret-value"))
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"].isdigit()
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert "s3cret-value" not in caplog.text and PASSWORD not in caplog.text
+
+
+def test_a_database_outage_at_userinfo_is_503(outage, components, alice):
+    access, _ = components.tokens.create_access_token(
+        components.tokens.access_claims_for(alice, "webapp", "read")
+    )
+    # The outage app signs with the same secret (same settings factory), so the token verifies
+    # and the failure is the user lookup.
+    response = outage.get(USERINFO, headers=bearer(access))
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "temporarily_unavailable"

@@ -25,6 +25,7 @@ from issuer.tokens import ACCESS, TokenService
 log = logging.getLogger("issuer.http")
 
 OAuthCall = Callable[[HttpRequest], OAuthResponse]
+RETRY_AFTER_SECONDS = 5
 
 
 def bearer_challenge(error: str | None = None, description: str | None = None) -> str:
@@ -107,8 +108,30 @@ class Endpoints:
             content_type=request.headers.get("content-type", ""),
             client_ip=request.client.host if request.client else "",
         )
-        result = await run_in_threadpool(call, http_request)
+        try:
+            result = await run_in_threadpool(call, http_request)
+        except Exception:
+            unavailable = await self._storage_unavailable()
+            if unavailable is None:
+                raise
+            return unavailable
         return json_response(result.body, result.status, result.headers)
+
+    async def _storage_unavailable(self) -> Response | None:
+        """A 503 if the database is down (the likely cause of a failure), else None.
+
+        A database outage is not the client's fault nor a bug: 503 with ``Retry-After``
+        tells clients and load balancers to come back, where a 500 would page someone.
+        """
+        if await run_in_threadpool(self.store.ping):
+            return None
+        log.warning("database unreachable: answering 503")
+        return error_response(
+            "temporarily_unavailable",
+            "The service is temporarily unavailable; retry later.",
+            503,
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
     async def userinfo(self, request: Request) -> Response:
         """RFC 6750-protected: the user behind the bearer access token."""
@@ -132,6 +155,11 @@ class Endpoints:
                     "Cache-Control": "no-store",
                 },
             )
+        except Exception:
+            unavailable = await self._storage_unavailable()
+            if unavailable is None:
+                raise
+            return unavailable
         return json_response(
             {"sub": user.id, "username": user.username, "role": user.role.value},
             headers={"Cache-Control": "no-store"},
