@@ -165,3 +165,15 @@ def test_replicas_upgrading_at_once_all_succeed(
     assert all(f"database at revision {head}" in out for out in outputs)
     assert migrate.current_revision(engine) == head
     assert tables(engine) == TABLES | {"alembic_version"}
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_database_can_be_migrated_and_used(url: str) -> None:
+    engine = make_engine(url)
+
+    migrate.upgrade(engine)
+
+    store = SqlStore(engine)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    assert store.list_users() == [store.add_user("alice", "$2b$04$" + "a" * 53, Role.VIEWER)]
+    engine.dispose()

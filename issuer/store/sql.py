@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -74,12 +74,16 @@ def make_engine(database_url: str, pool_size: int = 5) -> Engine:
         #
         # WAL lets readers proceed while one writer commits; synchronous=NORMAL is
         # durable across application crashes (a power cut may lose the last commits).
+        database = make_url(url).database
+        in_memory = not database or database == ":memory:" or "mode=memory" in url
+        # A file database gets a pool sized like PostgreSQL's; an in-memory one keeps
+        # SQLAlchemy's one-connection-per-thread pool, which takes no sizes.
+        sizes = {} if in_memory else {"pool_size": pool_size, "max_overflow": pool_size * 2}
         engine = create_engine(
             url,
             hide_parameters=True,
-            pool_size=pool_size,
-            max_overflow=pool_size * 2,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+            **sizes,
         )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
