@@ -126,6 +126,16 @@ def test_revoking_a_refresh_token_revokes_its_family(client, components, login, 
         assert components.store.get(jti).revoked_at is not None
 
 
+def test_revoking_a_spent_refresh_token_still_ends_the_session(client, login, basic):
+    """A client logging out with a stale refresh token still cuts the whole family."""
+    first = login()
+    second = refresh(client, first["refresh_token"], basic).json()
+    assert (
+        client.post(REVOKE, data={"token": first["refresh_token"]}, auth=basic).status_code == 200
+    )
+    assert refresh(client, second["refresh_token"], basic).json()["error"] == "invalid_grant"
+
+
 def test_revoking_an_access_token_logs_it_out(client, login, basic, resource_server):
     access = login()["access_token"]
     assert client.get(USERINFO, headers=bearer(access)).status_code == 200
