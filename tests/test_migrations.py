@@ -174,6 +174,7 @@ def test_an_in_memory_sqlite_database_can_be_migrated_and_used(url: str) -> None
     migrate.upgrade(engine)
 
     store = SqlStore(engine)
+    alice = store.add_user("alice", "$2b$04$" + "a" * 53, Role.VIEWER)
     assert migrate.current_revision(engine) == migrate.head_revision()
-    assert store.list_users() == [store.add_user("alice", "$2b$04$" + "a" * 53, Role.VIEWER)]
+    assert store.list_users() == [alice]
     engine.dispose()
