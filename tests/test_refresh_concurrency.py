@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, insert, select, text, update
 
 from issuer.models import RefreshRecord
 from issuer.store import migrate
 from issuer.store.schema import refresh_tokens
 from issuer.store.sql import SqlStore, make_engine
-from tests.conftest import PASSWORD, LiveServer, free_port
+from tests.conftest import PASSWORD, LiveServer, free_port, migrated_store
 
 THREADS = 24
 ROUNDS = 4
@@ -257,3 +258,49 @@ def test_of_many_concurrent_refreshes_across_replicas_exactly_one_succeeds(
     for value in (token, won["refresh_token"], won["access_token"], auth[1], PASSWORD):
         assert value not in logs
     assert "Traceback" not in logs and '" 500 ' not in logs
+
+
+def test_a_family_revoked_during_a_rotation_also_revokes_the_rotated_in_token(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL: revoking a family while one of its tokens is being rotated.
+
+    The revocation's UPDATE waits for the rotation's row lock, but the record the
+    rotation inserts is not in that statement's snapshot: it must still end up revoked,
+    or a replayed token would leave its family with one usable token.
+    """
+    store = migrated_store(postgres_url)
+    current = refresh_record("family")
+    store.create(current)
+    rotated_in = refresh_record("family", NOW + 1)
+    rotation = store.engine.connect()
+    rotation.begin()
+    rotation_pid = rotation.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    rotation.execute(
+        update(refresh_tokens).where(refresh_tokens.c.jti == current.jti).values(spent_at=NOW + 1)
+    )
+    rotation.execute(insert(refresh_tokens).values(**asdict(rotated_in)))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        revoked = pool.submit(store.revoke_family, "family", NOW + 2)
+        wait_until_blocked_by(store.engine, rotation_pid)
+        rotation.commit()
+        rotation.close()
+        assert revoked.result(timeout=30) == 2
+
+    for jti in (current.jti, rotated_in.jti):
+        record = store.get(jti)
+        assert record is not None and record.revoked_at == NOW + 2
+    store.engine.dispose()
+
+
+def wait_until_blocked_by(engine: Engine, pid: int) -> None:
+    """Return once some session waits for a lock that session ``pid`` holds."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))")
+    with engine.connect() as conn:
+        for _ in range(3000):
+            if conn.execute(query, {"pid": pid}).scalar_one():
+                return
+            conn.rollback()
+            time.sleep(0.01)
+    raise AssertionError("the revocation never waited for the rotation's lock")

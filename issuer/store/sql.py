@@ -285,12 +285,7 @@ class SqlStore:
             result = conn.execute(delete(clients).where(clients.c.client_id == client_id))
             if result.rowcount != 1:
                 raise NotFoundError(f"no client {client_id!r}")
-            conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.client_id == client_id)
-                .where(refresh_tokens.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
+            _revoke_refresh_tokens(conn, refresh_tokens.c.client_id == client_id, now)
 
     # refresh tokens
     def create(self, record: RefreshRecord) -> None:
@@ -329,13 +324,7 @@ class SqlStore:
 
     def revoke_family(self, family_id: str, now: int) -> int:
         with self._writer.begin() as conn:
-            result = conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.family_id == family_id)
-                .where(refresh_tokens.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-        return int(result.rowcount)
+            return _revoke_refresh_tokens(conn, refresh_tokens.c.family_id == family_id, now)
 
     # access-token deny list
     def deny(self, jti: str, expires_at: int) -> None:
@@ -386,6 +375,30 @@ class SqlStore:
         except SQLAlchemyError:
             return False
         return True
+
+
+def _revoke_refresh_tokens(conn: Connection, which: Any, now: int) -> int:
+    """Revoke every unrevoked refresh record matching ``which``; how many it revoked.
+
+    Repeated until a pass changes nothing. On PostgreSQL an UPDATE that waited for a
+    concurrent rotation's row lock re-checks that row but cannot see the record the
+    rotation inserted (it is not in the statement's snapshot), so a single pass could
+    revoke a family yet leave its newest token usable. The next pass takes a fresh
+    snapshot that includes it. Once a pass matches nothing, every matching record is
+    revoked, those revoked here stay locked until commit, and a rotation still in
+    flight waits for them, re-checks, and fails. On SQLite (one writer at a time) the
+    second pass finds nothing.
+    """
+    statement = (
+        update(refresh_tokens)
+        .where(which)
+        .where(refresh_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    total = 0
+    while changed := int(conn.execute(statement).rowcount):
+        total += changed
+    return total
 
 
 def _insert_refresh(conn: Connection, record: RefreshRecord) -> None:
