@@ -7,8 +7,10 @@ says how to fix it. ``issuer serve`` runs :func:`app_factory` in every worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -33,6 +36,8 @@ from issuer.settings import Settings, load_settings
 from issuer.store.base import Store, UserStore
 from issuer.store.sql import SqlStore, make_engine
 from issuer.tokens import ACCESS, REFRESH, TokenService
+
+log = logging.getLogger("issuer.app")
 
 
 class StoreRevocations:
@@ -78,6 +83,7 @@ def build_key_manager(settings: Settings, clock: Callable[[], float] = time.time
         jwks_max_age=settings.jwks_max_age,
         retire_after=settings.refresh_lifetime_bound,
         rsa_key_size=settings.rsa_key_size,
+        reload_interval=settings.key_reload_interval,
         clock=clock,
     )
 
@@ -164,9 +170,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        purger = None
+        if parts.settings.purge_interval > 0:
+            purger = asyncio.create_task(_purge_periodically(parts))
         try:
             yield
         finally:
+            if purger is not None:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
             parts.engine.dispose()
 
     app = Starlette(
@@ -187,6 +200,31 @@ def create_app(
     )
     app.state.components = parts
     return app
+
+
+def purge_expired_state(store: Store, now: int, leeway: int) -> tuple[int, int]:
+    """Forget deny-list entries and refresh records of tokens that can no longer verify.
+
+    Returns (access jtis removed, refresh records removed). Cutoff is ``now - leeway``:
+    a token is accepted up to ``leeway`` seconds past its ``exp``.
+    """
+    before = now - leeway
+    return store.purge_expired(before), store.purge_expired_refresh(before)
+
+
+async def _purge_periodically(parts: Components) -> None:
+    """Keep the revocation tables bounded; every worker may run it, which is harmless."""
+    while True:
+        await asyncio.sleep(parts.settings.purge_interval)
+        try:
+            denied, refresh = await run_in_threadpool(
+                purge_expired_state, parts.store, parts.tokens.now(), parts.settings.leeway
+            )
+        except Exception:
+            log.exception("purging expired token state failed; will retry")
+            continue
+        if denied or refresh:
+            log.info("purged %d denied access tokens, %d refresh records", denied, refresh)
 
 
 def app_factory() -> Starlette:

@@ -21,7 +21,12 @@ from typing import Any, NoReturn
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from issuer.app import build_key_manager, build_key_store, load_user_store
+from issuer.app import (
+    build_key_manager,
+    build_key_store,
+    load_user_store,
+    purge_expired_state,
+)
 from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
 from issuer.keystore import RotationResult
 from issuer.logs import configure_logging
@@ -226,6 +231,14 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_purge(settings: Settings, args: argparse.Namespace) -> int:
+    store = _store(settings)
+    denied, refresh = purge_expired_state(store, int(time.time()), settings.leeway)
+    store.engine.dispose()
+    print(f"purged {denied} expired denied access tokens and {refresh} expired refresh records")
+    return 0
+
+
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
     username = _check_username(args.username)
     try:
@@ -362,8 +375,9 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    result = build_key_manager(settings).revoke(args.kid)
-    print(f"revoked  {args.kid}: tokens it signed are refused from now on")
+    kid = args.kid
+    result = build_key_manager(settings).revoke(kid)
+    print(f"revoked  {kid}: tokens it signed are refused from now on")
     if result.activated:
         print(f"active   {result.activated}")
     return 0
@@ -388,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    db.add_parser(
+        "purge", help="forget revocation state of expired tokens (servers do it hourly)"
+    ).set_defaults(func=cmd_db_purge)
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="users", required=True)
     add = users.add_parser("add", help="add a user (password prompted or from stdin)")
@@ -435,13 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.set_defaults(func=cmd_keys_rotate)
     keys.add_parser("list").set_defaults(func=cmd_keys_list)
     krv = keys.add_parser("revoke", help="remove a key at once (after a leak)")
-    krv.add_argument("kid")
+    krv.add_argument("kid", help="the key id (see `issuer keys list`)")
     krv.set_defaults(func=cmd_keys_revoke)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_kid_is_not_an_option(argv))
     try:
         settings = load_settings()
         return int(args.func(settings, args))
@@ -459,6 +476,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"database error ({exc.__class__.__name__})")
     except KeyboardInterrupt:
         _fail("interrupted")
+
+
+def _kid_is_not_an_option(argv: Sequence[str] | None) -> list[str]:
+    """One kid in 64 starts with '-' (base64url thumbprints): argparse must not read an option."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:2] == ["keys", "revoke"] and len(args) == 3 and args[2] not in ("-h", "--help"):
+        args.insert(2, "--")
+    return args
 
 
 def _fail(message: str) -> NoReturn:

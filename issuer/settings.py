@@ -100,6 +100,7 @@ class Settings:
     jwks_max_age: int = 300
     key_reload_interval: float = 1.0
     db_pool_size: int = 5
+    purge_interval: int = 3600
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -355,6 +356,7 @@ def _validate(s: Settings) -> list[str]:
         ("leeway", 0, 300),
         ("jwks_max_age", 0, 86400),
         ("db_pool_size", 1, 100),
+        ("purge_interval", 0, 7 * 86400),
         ("port", 1, 65535),
         ("workers", 1, 64),
     ):

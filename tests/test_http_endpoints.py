@@ -419,6 +419,7 @@ def test_userinfo_without_a_token_challenges_without_an_error_code(client, heade
     assert challenge.startswith("Bearer ")
     assert 'realm="' in challenge
     assert "error=" not in challenge
+    assert "error" not in response.json()
 
 
 @pytest.mark.parametrize("token", ["garbage", "a.b.c", "x" * 10_000, "eyJhbGciOiJub25lIn0.e30."])

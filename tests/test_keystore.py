@@ -235,12 +235,6 @@ def test_rotation_before_the_lead_time_is_refused_and_changes_nothing(manager, c
         manager.rotate()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issuer/app.py): build_key_manager does not pass key_reload_interval, so the "
-    "manager assumes 1 s: with a slower reload a next key may sign before every server "
-    "publishes it, and a previous key may retire while another server still signs with it",
-)
 def test_lead_time_and_retirement_follow_the_configured_reload_interval(make_settings, clock):
     settings = make_settings(signing_alg="ES256", secret_key=None, key_reload_interval=5)
     manager = build_key_manager(settings, clock=clock)
@@ -824,11 +818,6 @@ def add_key_whose_kid_starts_with_a_dash(keys_dir: Path) -> str:
     return kid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issuer/cli.py): argparse takes a kid starting with '-' (1 in 64 RFC 7638 "
-    "thumbprints) for an option, so `issuer keys revoke KID` exits 2 unless `--` is given",
-)
 def test_keys_cli_revokes_a_kid_starting_with_a_dash(live_server_factory):
     server = live_server_factory(signing_alg="ES256")
     kid = add_key_whose_kid_starts_with_a_dash(Path(server.env["ISSUER_KEYS_DIR"]))

@@ -411,6 +411,20 @@ def test_purging_removes_only_expired_entries(store: Store) -> None:
     assert store.purge_expired(NOW) == 0
 
 
+def test_purging_refresh_records_forgets_only_tokens_expired_before_the_cutoff(
+    store: Store,
+) -> None:
+    store.create(record(jti="old", expires_at=NOW - 10))
+    store.create(record(jti="edge", expires_at=NOW))
+    store.create(record(jti="live", expires_at=NOW + 3600))
+
+    assert store.purge_expired_refresh(NOW) == 1
+
+    assert store.get("old") is None
+    assert store.get("edge") is not None and store.get("live") is not None
+    assert store.purge_expired_refresh(NOW) == 0
+
+
 # -- health --------------------------------------------------------------------
 
 

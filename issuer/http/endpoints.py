@@ -137,8 +137,9 @@ class Endpoints:
         """RFC 6750-protected: the user behind the bearer access token."""
         token = bearer_token(request)
         if token is None:
+            # RFC 6750 §3.1: a request with no credentials gets a challenge, no error code.
             return json_response(
-                {"error": "invalid_request", "error_description": "A bearer token is required."},
+                {"message": "A bearer access token is required."},
                 401,
                 {"WWW-Authenticate": bearer_challenge(), "Cache-Control": "no-store"},
             )

@@ -90,6 +90,14 @@ class RefreshTokenStore(Protocol):
         """Revoke every token of a family; the number of records it changed."""
         ...
 
+    def purge_expired_refresh(self, before: int) -> int:
+        """Forget records of tokens that expired before ``before``; the number removed.
+
+        Such a token fails verification on ``exp`` before its record is read, so the
+        record no longer decides anything.
+        """
+        ...
+
 
 class AccessDenylist(Protocol):
     """Access-token ``jti``s revoked before they expire (logout)."""

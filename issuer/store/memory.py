@@ -126,6 +126,13 @@ class MemoryStore:
                     changed += 1
         return changed
 
+    def purge_expired_refresh(self, before: int) -> int:
+        with self._lock:
+            expired = [jti for jti, r in self._refresh.items() if r.expires_at < before]
+            for jti in expired:
+                del self._refresh[jti]
+            return len(expired)
+
     # access-token deny list
     def deny(self, jti: str, expires_at: int) -> None:
         with self._lock:

@@ -326,6 +326,13 @@ class SqlStore:
         with self._writer.begin() as conn:
             return _revoke_refresh_tokens(conn, refresh_tokens.c.family_id == family_id, now)
 
+    def purge_expired_refresh(self, before: int) -> int:
+        with self._writer.begin() as conn:
+            result = conn.execute(
+                delete(refresh_tokens).where(refresh_tokens.c.expires_at < before)
+            )
+        return int(result.rowcount)
+
     # access-token deny list
     def deny(self, jti: str, expires_at: int) -> None:
         # One upsert, so concurrent denials of one jti cannot collide; a second denial
