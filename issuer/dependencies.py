@@ -39,12 +39,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from issuer import tokens
+from issuer.bearer import challenge, token_from_header
 from issuer.errors import TokenError, UnknownUserError
 from issuer.models import Role, User
 
 log = logging.getLogger("issuer.dependencies")
 
-REALM = "issuer"
 REFUSED_DESCRIPTION = "The access token is invalid, expired or revoked."
 
 
@@ -71,29 +71,18 @@ def _depends(dependency: Callable[..., Any]) -> Any:
     return Depends(dependency)
 
 
-def bearer_challenge(error: str | None = None, description: str | None = None) -> str:
-    """An RFC 6750 §3 ``WWW-Authenticate`` value for this realm."""
-    parts = [f'realm="{REALM}"']
-    if error:
-        parts.append(f'error="{error}"')
-    if description:
-        parts.append(f'error_description="{description}"')
-    return "Bearer " + ", ".join(parts)
-
-
 def _unauthorized(error: str | None = None, description: str | None = None) -> HTTPException:
     return HTTPException(
         401,
         detail=description or "Authentication required.",
-        headers={"WWW-Authenticate": bearer_challenge(error, description)},
+        headers={"WWW-Authenticate": challenge(error, description)},
     )
 
 
 async def bearer_token(request: Request) -> str:
     """The token of the ``Authorization: Bearer`` header (RFC 6750 §2.1); 401 without one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = token_from_header(request.headers.get("authorization"))
+    if token is None:
         # No credentials at all: a bare challenge, without an error code (RFC 6750 §3.1).
         raise _unauthorized()
     return token
@@ -144,7 +133,7 @@ def _check_role(user: User, allowed: frozenset[Role]) -> User:
         raise HTTPException(
             403,
             detail="This requires the role " + " or ".join(sorted(r.value for r in allowed)) + ".",
-            headers={"WWW-Authenticate": bearer_challenge("insufficient_scope")},
+            headers={"WWW-Authenticate": challenge("insufficient_scope")},
         )
     return user
 

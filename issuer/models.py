@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import uuid
 from dataclasses import dataclass, field
 
 
@@ -51,6 +52,18 @@ class User:
     is_active: bool = True
     created_at: int = 0
     updated_at: int = 0
+
+    @classmethod
+    def new(cls, username: str, password_hash: str, role: Role, now: int) -> User:
+        """A new, active user with a fresh random id: how every store creates one."""
+        return cls(
+            id=str(uuid.uuid4()),
+            username=username,
+            role=role,
+            password_hash=password_hash,
+            created_at=now,
+            updated_at=now,
+        )
 
 
 def hash_client_secret(secret: str) -> str:

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from issuer.bearer import challenge, token_from_header
 from issuer.errors import IssuerError, KeyStoreError, TokenError
 from issuer.http import routes
 from issuer.http.forms import BadRequestError, parse_form, read_body
@@ -26,25 +27,6 @@ log = logging.getLogger("issuer.http")
 
 OAuthCall = Callable[[HttpRequest], OAuthResponse]
 RETRY_AFTER_SECONDS = 5
-
-
-def bearer_challenge(error: str | None = None, description: str | None = None) -> str:
-    """An RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge."""
-    parts = ['realm="issuer"']
-    if error:
-        parts.append(f'error="{error}"')
-    if description:
-        parts.append(f'error_description="{description}"')
-    return "Bearer " + ", ".join(parts)
-
-
-def bearer_token(request: Request) -> str | None:
-    """The token of an ``Authorization: Bearer`` header (RFC 6750 §2.1), or None."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 def discovery_document(issuer: str, scopes: tuple[str, ...], signing_alg: str) -> dict[str, object]:
@@ -135,13 +117,13 @@ class Endpoints:
 
     async def userinfo(self, request: Request) -> Response:
         """RFC 6750-protected: the user behind the bearer access token."""
-        token = bearer_token(request)
+        token = token_from_header(request.headers.get("authorization"))
         if token is None:
             # RFC 6750 §3.1: a request with no credentials gets a challenge, no error code.
             return json_response(
                 {"message": "A bearer access token is required."},
                 401,
-                {"WWW-Authenticate": bearer_challenge(), "Cache-Control": "no-store"},
+                {"WWW-Authenticate": challenge(), "Cache-Control": "no-store"},
             )
         try:
             user = await run_in_threadpool(self._active_user, token)
@@ -152,7 +134,7 @@ class Endpoints:
                 {"error": "invalid_token", "error_description": description},
                 401,
                 {
-                    "WWW-Authenticate": bearer_challenge("invalid_token", description),
+                    "WWW-Authenticate": challenge("invalid_token", description),
                     "Cache-Control": "no-store",
                 },
             )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -40,14 +39,7 @@ class MemoryStore:
         with self._lock:
             if any(u.username == username for u in self._users.values()):
                 raise DuplicateError(f"user {username!r} already exists")
-            user = User(
-                id=str(uuid.uuid4()),
-                username=username,
-                role=role,
-                password_hash=password_hash,
-                created_at=now,
-                updated_at=now,
-            )
+            user = User.new(username, password_hash, role, now)
             self._users[user.id] = user
             return user
 

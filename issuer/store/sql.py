@@ -16,7 +16,6 @@ number of concurrent rotations of one token exactly one wins:
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,14 +191,7 @@ class SqlStore:
 
     def add_user(self, username: str, password_hash: str, role: Role) -> User:
         now = int(time.time())
-        user = User(
-            id=str(uuid.uuid4()),
-            username=username,
-            role=role,
-            password_hash=password_hash,
-            created_at=now,
-            updated_at=now,
-        )
+        user = User.new(username, password_hash, role, now)
         try:
             with self._writer.begin() as conn:
                 conn.execute(
