@@ -184,11 +184,12 @@ def test_pyjwt_and_node_jose_verify_real_tokens_from_a_running_server(
     assert json.loads(by_argv.stdout)["results"][0]["kid"] == active_kid
 
 
-def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_verifier):
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_verifier, alg):
     """Zero failed verifications while keys rotate twice; a revoked key's tokens are refused."""
     max_age = 1
     server = live_server_factory(
-        signing_alg="RS256",
+        signing_alg=alg,
         rsa_key_size=2048,
         jwks_max_age=max_age,
         key_reload_interval=0.2,
@@ -206,7 +207,7 @@ def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_ve
 
     first = app.tokens()
     old_kid = kid_of(first["access_token"])
-    pyjwt_verify(verifier, first["access_token"], server, "RS256")
+    pyjwt_verify(verifier, first["access_token"], server, alg)
 
     rotations: list[str] = []
     too_soon: list[str] = []
@@ -248,7 +249,7 @@ def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_ve
             kids_seen.append(kid)
         tokens_by_kid.setdefault(kid, issued)
         try:
-            pyjwt_verify(verifier, token, server, "RS256")
+            pyjwt_verify(verifier, token, server, alg)
             verified += 1
         except jwt.PyJWTError as exc:
             failures.append(f"{kid}: {exc.__class__.__name__}: {exc}")
@@ -303,7 +304,7 @@ def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_ve
     with pytest.raises(jwt.PyJWKClientError):
         fresh_verifier.get_signing_key_from_jwt(old["access_token"])
     latest = app.tokens()["access_token"]
-    pyjwt_verify(fresh_verifier, latest, server, "RS256")
+    pyjwt_verify(fresh_verifier, latest, server, alg)
     old_result, latest_result = jose_verify(node_verifier, server, [old["access_token"], latest])
     assert old_result["ok"] is False
     assert old_result["code"] == "ERR_JWKS_NO_MATCHING_KEY"
