@@ -26,12 +26,14 @@ from starlette.routing import Route
 from issuer import tokens as tokens_module
 from issuer.errors import ConfigError, KeyStoreError
 from issuer.http import routes
+from issuer.http.addresses import parse_networks
 from issuer.http.endpoints import Endpoints, metadata_bytes
 from issuer.http.errors import http_exception, unexpected
 from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeyStore
 from issuer.logs import AccessLogMiddleware, configure_logging
 from issuer.oauth.server import IssuerServer
 from issuer.passwords import PasswordHasher
+from issuer.ratelimit import LoginLimiter
 from issuer.settings import Settings, load_settings
 from issuer.store.base import Store, UserStore
 from issuer.store.sql import SqlStore, make_engine
@@ -117,6 +119,7 @@ class Components:
     tokens: TokenService
     hasher: PasswordHasher
     server: IssuerServer
+    limiter: LoginLimiter
 
 
 def build_components(settings: Settings, *, clock: Callable[[], float] = time.time) -> Components:
@@ -136,6 +139,7 @@ def build_components(settings: Settings, *, clock: Callable[[], float] = time.ti
         users=users,
     )
     hasher = PasswordHasher(settings.bcrypt_rounds)
+    limiter = build_login_limiter(settings)
     server = IssuerServer(
         store=store,
         users=users,
@@ -143,8 +147,24 @@ def build_components(settings: Settings, *, clock: Callable[[], float] = time.ti
         hasher=hasher,
         scopes=settings.scopes,
         default_scope=settings.default_scope,
+        limiter=limiter,
     )
-    return Components(settings, engine, store, users, keys, tokens, hasher, server)
+    return Components(settings, engine, store, users, keys, tokens, hasher, server, limiter)
+
+
+def build_login_limiter(settings: Settings) -> LoginLimiter:
+    """Failed-login limits; with memory:// each worker counts alone, hence the warning."""
+    if settings.rate_limit_storage.startswith("memory://") and settings.workers > 1:
+        log.warning(
+            "rate_limit_storage is memory:// with %d workers: each counts failed logins "
+            "alone; set rate_limit_storage to a redis:// URL to share the counts",
+            settings.workers,
+        )
+    return LoginLimiter(
+        settings.login_failures_per_user,
+        settings.login_failures_per_address,
+        settings.rate_limit_storage,
+    )
 
 
 def create_app(
@@ -166,6 +186,7 @@ def create_app(
             parts.settings.url, parts.settings.scopes, parts.settings.signing_alg
         ),
         jwks_max_age=parts.settings.jwks_max_age,
+        trusted_proxies=parse_networks(parts.settings.trusted_proxies),
     )
 
     @contextlib.asynccontextmanager

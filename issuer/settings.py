@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import limits
+
 from issuer.errors import ConfigError
 
 ENV_PREFIX = "ISSUER_"
@@ -38,6 +40,7 @@ _MIN_REPEAT = 3
 _REPEAT_CANDIDATES = 64
 SECRET_SETTINGS = ("secret_key", "secret_key_file")
 LOOPBACK_HOSTS = ("localhost",)
+RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 
 
 class Secret:
@@ -101,6 +104,10 @@ class Settings:
     key_reload_interval: float = 1.0
     db_pool_size: int = 5
     purge_interval: int = 3600
+    login_failures_per_user: str = "5/minute"
+    login_failures_per_address: str = "30/minute"
+    rate_limit_storage: str = "memory://"
+    trusted_proxies: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -113,7 +120,7 @@ class Settings:
             if not f.repr:
                 continue
             value = getattr(self, f.name)
-            if f.name == "database_url":
+            if f.name in ("database_url", "rate_limit_storage"):
                 value = redact_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -380,7 +387,48 @@ def _validate(s: Settings) -> list[str]:
         problems.append("database_url: must be a sqlite:/// or postgresql:// URL")
     if s.user_store and ":" not in s.user_store:
         problems.append("user_store: must be an import path like 'package.module:factory'")
+    problems.extend(_rate_limit_problems(s))
     return problems
+
+
+def _rate_limit_problems(s: Settings) -> list[str]:
+    problems: list[str] = []
+    for name in ("login_failures_per_user", "login_failures_per_address"):
+        problem = limit_problem(getattr(s, name))
+        if problem:
+            problems.append(f"{name}: {problem}")
+    problems.extend(_rate_limit_storage_problems(s.rate_limit_storage))
+    for cidr in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(f"trusted_proxies: not an address or CIDR network: {cidr!r}")
+    return problems
+
+
+def limit_problem(text: str) -> str | None:
+    """Why ``text`` is not one usable limit like ``"5/minute"``, or None when it is."""
+    try:
+        items = limits.parse_many(text)
+    except ValueError:
+        items = []
+    if len(items) != 1:
+        return f"expected one limit like '5/minute' or '30 per hour', got {text!r}"
+    if items[0].amount < 1:
+        return f"the amount must be at least 1, got {text!r}"
+    return None
+
+
+def _rate_limit_storage_problems(url: str) -> list[str]:
+    scheme = url.partition("://")[0]
+    if "://" not in url or scheme not in RATE_LIMIT_SCHEMES:
+        return [
+            "rate_limit_storage: must be memory:// or a redis://host:port/db URL, "
+            f"got {redact_url(url)!r}"
+        ]
+    if scheme == "memory" and url != "memory://":
+        return ["rate_limit_storage: memory storage takes no address; use 'memory://'"]
+    return []
 
 
 def _url_problems(s: Settings) -> list[str]:  # noqa: PLR0911 - the first broken rule says it

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from issuer.bearer import challenge, token_from_header
 from issuer.errors import IssuerError, KeyStoreError, TokenError
 from issuer.http import routes
+from issuer.http.addresses import Network, client_address
 from issuer.http.forms import BadRequestError, parse_form, read_body
 from issuer.http.responses import error_response, json_bytes, json_response
 from issuer.keystore import KeyStore
@@ -66,6 +67,7 @@ class Endpoints:
     users: UserStore
     discovery_bytes: bytes
     jwks_max_age: int
+    trusted_proxies: tuple[Network, ...] = ()
 
     async def token(self, request: Request) -> Response:
         return await self._oauth(request, routes.TOKEN, self.server.token_response)
@@ -88,7 +90,11 @@ class Endpoints:
             form=form,
             query=request.query_params.multi_items(),
             content_type=request.headers.get("content-type", ""),
-            client_ip=request.client.host if request.client else "",
+            client_ip=client_address(
+                request.client.host if request.client else "",
+                request.headers.getlist("x-forwarded-for"),
+                self.trusted_proxies,
+            ),
         )
         try:
             result = await run_in_threadpool(call, http_request)

@@ -36,7 +36,9 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
     """Resource Owner Password Credentials, RFC 6749 §4.3 (first-party apps only, RFC 9700 §2.4).
 
     Every failed login (unknown user, wrong/empty/over-long password, disabled user)
-    spends exactly one bcrypt check and gets the same ``invalid_grant`` answer.
+    spends exactly one bcrypt check and gets the same ``invalid_grant`` answer, and counts
+    against the user's and the address's failure budgets; once one is spent the answer
+    is 429 with ``Retry-After`` before any bcrypt work.
     """
 
     GRANT_TYPE = "password"
@@ -52,10 +54,14 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
             raise InvalidRequestError("The 'username' and 'password' parameters are required.")
         self.request.client = client
         self.request.scope = self.server.resolve_scope(client, self.request.payload.scope)
-        user = self.authenticate_user(form["username"], form["password"])
+        username = form["username"]
+        # Before bcrypt: a blocked guesser must not cost a hash.
+        self.server.check_login_allowed(self.request, username)
+        user = self.authenticate_user(username, form["password"])
         if user is None:
-            self.server.on_login_failure(self.request, form["username"])
+            self.server.on_login_failure(self.request, username)
             raise InvalidGrantError(BAD_CREDENTIALS)
+        self.server.on_login_success(username)
         self.request.user = user
 
     def authenticate_user(self, username: str, password: str) -> User | None:

@@ -34,6 +34,7 @@ from issuer.oauth.endpoints import Introspection, Revocation
 from issuer.oauth.grants import PasswordGrant, RefreshTokenGrant
 from issuer.oauth.requests import HttpRequest, IssuerOAuth2Request, OAuthResponse
 from issuer.passwords import PasswordHasher
+from issuer.ratelimit import LoginLimiter
 from issuer.store.base import Store, UserStore
 from issuer.tokens import TokenService
 
@@ -67,6 +68,7 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         scopes: tuple[str, ...],
         default_scope: str,
         login_failure_hook: LoginFailureHook | None = None,
+        limiter: LoginLimiter | None = None,
     ) -> None:
         super().__init__(scopes_supported=list(scopes))
         silence_authlib_token_logging()
@@ -77,6 +79,7 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         self.scopes = scopes
         self.default_scope = default_scope
         self.login_failure_hook = login_failure_hook
+        self.limiter = limiter
         self.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
         self.register_client_auth_method("client_secret_post", authenticate_client_secret_post)
         self.register_client_auth_method("none", authenticate_none)
@@ -217,10 +220,29 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
     def token_headers(self) -> list[tuple[str, str]]:
         return list(NO_STORE_HEADERS)
 
+    def check_login_allowed(self, request: OAuth2Request, username: str) -> None:
+        """Refuse (429) a login whose user or address spent its failure budget; no bcrypt."""
+        if self.limiter is None:
+            return
+        wait = self.limiter.retry_after(username, client_ip(request))
+        if wait is not None:
+            audit.warning(
+                "login refused: too many failures client_id=%s retry_after=%d",
+                request.client.get_client_id(),
+                wait,
+            )
+            raise TooManyRequestsError(wait)
+
     def on_login_failure(self, request: OAuth2Request, username: str) -> None:
         audit.info("login failed client_id=%s", request.client.get_client_id())
+        if self.limiter is not None:
+            self.limiter.record_failure(username, client_ip(request))
         if self.login_failure_hook is not None and isinstance(request, IssuerOAuth2Request):
             self.login_failure_hook(request.http, username)
+
+    def on_login_success(self, username: str) -> None:
+        if self.limiter is not None:
+            self.limiter.record_success(username)
 
     def on_refresh_reuse(self, record: RefreshRecord, reason: str) -> None:
         revoked = self.store.revoke_family(record.family_id, self.tokens.now())
@@ -232,6 +254,26 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             record.user_id,
             record.client_id,
         )
+
+
+class TooManyRequestsError(OAuth2Error):  # type: ignore[misc]
+    """429 with ``Retry-After`` (RFC 6585 §4): too many failed logins for a user or address."""
+
+    error = "too_many_requests"
+    status_code = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many failed login attempts; retry later.")
+        self.retry_after = retry_after
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        headers: list[tuple[str, str]] = super().get_headers()
+        return [*headers, ("Retry-After", str(self.retry_after))]
+
+
+def client_ip(request: OAuth2Request) -> str:
+    """The client address the HTTP layer resolved (trusted proxies applied), or ''."""
+    return request.http.client_ip if isinstance(request, IssuerOAuth2Request) else ""
 
 
 def check_form_request(request: HttpRequest) -> None:
