@@ -164,6 +164,7 @@ def build_login_limiter(settings: Settings) -> LoginLimiter:
         settings.login_failures_per_user,
         settings.login_failures_per_address,
         settings.rate_limit_storage,
+        namespace=settings.rate_limit_key_prefix,
     )
 
 

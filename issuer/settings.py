@@ -107,6 +107,7 @@ class Settings:
     login_failures_per_user: str = "5/minute"
     login_failures_per_address: str = "30/minute"
     rate_limit_storage: str = "memory://"
+    rate_limit_key_prefix: str = "issuer"
     trusted_proxies: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8000
@@ -398,6 +399,11 @@ def _rate_limit_problems(s: Settings) -> list[str]:
         if problem:
             problems.append(f"{name}: {problem}")
     problems.extend(_rate_limit_storage_problems(s.rate_limit_storage))
+    prefix = s.rate_limit_key_prefix
+    if not prefix or not prefix.isascii() or any(c.isspace() or c in ":/*" for c in prefix):
+        problems.append(
+            "rate_limit_key_prefix: must be non-empty ASCII without spaces, ':', '/', '*'"
+        )
     for cidr in s.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)

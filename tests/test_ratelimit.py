@@ -48,8 +48,7 @@ def require_redis() -> None:
         pytest.skip(problem)
 
 
-@pytest.fixture
-def redis_namespace() -> Iterator[str]:
+def fresh_redis_namespace() -> Iterator[str]:
     """A fresh key namespace on the test Redis; its keys are deleted afterwards."""
     require_redis()
     namespace = "issuer-test-" + uuid.uuid4().hex[:12]
@@ -59,6 +58,11 @@ def redis_namespace() -> Iterator[str]:
     if keys:
         connection.delete(*keys)
     connection.close()
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    yield from fresh_redis_namespace()
 
 
 def redis_keys(namespace: str) -> list[str]:

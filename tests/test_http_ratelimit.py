@@ -1,0 +1,285 @@
+"""Failed-login limits over HTTP: 429 with Retry-After before any bcrypt, per user and per
+address, shared through Redis by replicas, open when Redis is down; trusted proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import bcrypt
+import pytest
+from starlette.testclient import TestClient
+
+from issuer.app import build_components, create_app
+from issuer.http.addresses import client_address, parse_networks
+from issuer.store import migrate
+from issuer.store.sql import SqlStore, make_engine
+from tests.conftest import PASSWORD, add_client, add_user
+from tests.test_ratelimit import REDIS_URL, UNREACHABLE_REDIS, fresh_redis_namespace
+
+TOKEN = "/oauth/token"
+WRONG = "wrong-pw"
+BLOCKED = {
+    "error": "too_many_requests",
+    "error_description": "Too many failed login attempts; retry later.",
+}
+
+
+class Issuer:
+    """One app instance (a replica) over a migrated database, reached from any address."""
+
+    def __init__(self, settings, store_ready: bool = False) -> None:
+        self.settings = settings
+        if not store_ready:
+            migrate.upgrade(make_engine(settings.database_url))
+        self.parts = build_components(settings)
+        self.app = create_app(components=self.parts)
+        self.clients: list[TestClient] = []
+
+    def setup_accounts(self) -> tuple[str, str]:
+        store = SqlStore(self.parts.engine)
+        for name in ("alice", "bob", "carol", "dave", "erin"):
+            add_user(store, name)
+        secret = add_client(store, "webapp")
+        assert secret is not None
+        return "webapp", secret
+
+    def http(self, address: str = "192.0.2.1") -> TestClient:
+        client = TestClient(self.app, base_url=self.settings.url, client=(address, 40000))
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.parts.engine.dispose()
+
+
+@pytest.fixture
+def issuer_factory(make_settings):
+    made: list[Issuer] = []
+
+    def factory(store_ready: bool = False, **overrides) -> Issuer:
+        overrides.setdefault("login_failures_per_user", "3/minute")
+        overrides.setdefault("login_failures_per_address", "30/minute")
+        issuer = Issuer(make_settings(**overrides), store_ready)
+        made.append(issuer)
+        return issuer
+
+    yield factory
+    for issuer in made:
+        issuer.close()
+
+
+@pytest.fixture
+def redis_namespace():
+    yield from fresh_redis_namespace()
+
+
+@pytest.fixture
+def bcrypt_calls(monkeypatch) -> list[int]:
+    """Counts bcrypt.checkpw calls (the real function still runs)."""
+    calls: list[int] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append(1)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    return calls
+
+
+def login(http: TestClient, auth: tuple[str, str], username: str, password: str = WRONG):
+    return http.post(
+        TOKEN,
+        data={"grant_type": "password", "username": username, "password": password},
+        auth=auth,
+    )
+
+
+def assert_blocked(response) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json() == BLOCKED
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["cache-control"] == "no-store"
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+
+
+def test_the_failure_after_the_users_budget_gets_429_and_spends_no_bcrypt(
+    issuer_factory, bcrypt_calls
+):
+    issuer = issuer_factory()
+    auth = issuer.setup_accounts()
+    http = issuer.http("192.0.2.1")
+    for _ in range(3):
+        assert login(http, auth, "alice").json()["error"] == "invalid_grant"
+    assert len(bcrypt_calls) == 3
+    assert_blocked(login(http, auth, "alice"))
+    assert_blocked(login(http, auth, "alice", PASSWORD))
+    assert len(bcrypt_calls) == 3
+
+
+def test_the_users_budget_holds_across_addresses_and_spares_other_users(issuer_factory):
+    issuer = issuer_factory()
+    auth = issuer.setup_accounts()
+    for last in range(1, 4):
+        assert login(issuer.http(f"198.51.100.{last}"), auth, "alice").status_code == 400
+    assert_blocked(login(issuer.http("198.51.100.99"), auth, "alice", PASSWORD))
+    other = login(issuer.http("203.0.113.5"), auth, "bob", PASSWORD)
+    assert other.status_code == 200, other.text
+
+
+def test_the_addresss_budget_holds_across_usernames(issuer_factory, bcrypt_calls):
+    issuer = issuer_factory(login_failures_per_address="4/minute")
+    auth = issuer.setup_accounts()
+    attacker = issuer.http("203.0.113.66")
+    for name in ("alice", "bob", "carol", "dave"):
+        assert login(attacker, auth, name).json()["error"] == "invalid_grant"
+    assert_blocked(login(attacker, auth, "erin", PASSWORD))
+    assert len(bcrypt_calls) == 4
+    assert login(issuer.http("203.0.113.67"), auth, "erin", PASSWORD).status_code == 200
+
+
+def test_a_successful_login_resets_the_users_count(issuer_factory):
+    issuer = issuer_factory()
+    auth = issuer.setup_accounts()
+    http = issuer.http()
+    for _ in range(2):
+        login(http, auth, "alice")
+    assert login(http, auth, "alice", PASSWORD).status_code == 200
+    for _ in range(2):
+        assert login(http, auth, "alice").json()["error"] == "invalid_grant"
+    assert login(http, auth, "alice", PASSWORD).status_code == 200
+
+
+def test_client_authentication_and_malformed_requests_are_not_counted(issuer_factory):
+    issuer = issuer_factory(
+        login_failures_per_user="1/minute", login_failures_per_address="1/minute"
+    )
+    client_id, secret = issuer.setup_accounts()
+    http = issuer.http()
+    for _ in range(3):
+        assert login(http, (client_id, "wrong-secret"), "alice").status_code == 401
+        missing = http.post(
+            TOKEN, data={"grant_type": "password", "username": "alice"}, auth=(client_id, secret)
+        )
+        assert missing.json()["error"] == "invalid_request"
+        bad_scope = http.post(
+            TOKEN,
+            data={"grant_type": "password", "username": "alice", "password": "x", "scope": "admin"},
+            auth=(client_id, secret),
+        )
+        assert bad_scope.json()["error"] == "invalid_scope"
+    assert login(http, (client_id, secret), "alice", PASSWORD).status_code == 200
+
+
+def test_refresh_grants_are_not_limited(issuer_factory):
+    issuer = issuer_factory(
+        login_failures_per_user="1/minute", login_failures_per_address="1/minute"
+    )
+    auth = issuer.setup_accounts()
+    http = issuer.http()
+    refresh = login(http, auth, "alice", PASSWORD).json()["refresh_token"]
+    assert login(http, auth, "alice").status_code == 400
+    assert_blocked(login(http, auth, "bob"))
+    for _ in range(3):
+        response = http.post(
+            TOKEN, data={"grant_type": "refresh_token", "refresh_token": refresh}, auth=auth
+        )
+        assert response.status_code == 200, response.text
+        refresh = response.json()["refresh_token"]
+
+
+# -- X-Forwarded-For ---------------------------------------------------------------------
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(issuer_factory):
+    issuer = issuer_factory(login_failures_per_address="2/minute", trusted_proxies="10.0.0.0/8")
+    auth = issuer.setup_accounts()
+    attacker = issuer.http("203.0.113.66")
+    for name, spoofed in (("alice", "1.1.1.1"), ("bob", "2.2.2.2")):
+        response = attacker.post(
+            TOKEN,
+            data={"grant_type": "password", "username": name, "password": "wrong-pw"},
+            auth=auth,
+            headers={"X-Forwarded-For": spoofed},
+        )
+        assert response.status_code == 400
+    rotated = attacker.post(
+        TOKEN,
+        data={"grant_type": "password", "username": "carol", "password": PASSWORD},
+        auth=auth,
+        headers={"X-Forwarded-For": "3.3.3.3"},
+    )
+    assert_blocked(rotated)
+
+
+def test_x_forwarded_for_from_a_trusted_proxy_names_the_client(issuer_factory):
+    issuer = issuer_factory(login_failures_per_address="2/minute", trusted_proxies="10.0.0.0/8")
+    auth = issuer.setup_accounts()
+    proxy = issuer.http("10.0.0.1")
+
+    def via_proxy(name: str, forwarded: str, password: str = WRONG):
+        return proxy.post(
+            TOKEN,
+            data={"grant_type": "password", "username": name, "password": password},
+            auth=auth,
+            headers={"X-Forwarded-For": forwarded},
+        )
+
+    # The client spoofs a left-most entry; the proxy appends the real peer.
+    assert via_proxy("alice", "6.6.6.6, 198.51.100.7").status_code == 400
+    assert via_proxy("bob", "7.7.7.7, 198.51.100.7, 10.1.2.3").status_code == 400
+    assert_blocked(via_proxy("carol", "8.8.8.8, 198.51.100.7", PASSWORD))
+    # Another client behind the same proxy is unaffected: the proxy itself is not blocked.
+    assert via_proxy("carol", "198.51.100.8", PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "expected"),
+    [
+        ("203.0.113.9", ["1.2.3.4"], "203.0.113.9"),
+        ("10.0.0.1", [], "10.0.0.1"),
+        ("10.0.0.1", ["198.51.100.7"], "198.51.100.7"),
+        ("10.0.0.1", ["6.6.6.6, 198.51.100.7, 10.9.9.9"], "198.51.100.7"),
+        ("10.0.0.1", ["6.6.6.6", "198.51.100.7"], "198.51.100.7"),
+        ("10.0.0.1", ["6.6.6.6, not-an-ip"], "10.0.0.1"),
+        ("10.0.0.1", ["10.0.0.7, 10.0.0.8"], "10.0.0.7"),
+        ("::ffff:10.0.0.1", ["2001:db8::5"], "2001:db8::5"),
+        ("testclient", ["198.51.100.7"], "testclient"),
+    ],
+)
+def test_client_address_believes_only_trusted_proxies(peer, header, expected):
+    trusted = parse_networks(["10.0.0.0/8"])
+    assert client_address(peer, header, trusted) == expected
+
+
+def test_without_trusted_proxies_the_peer_is_the_client():
+    assert client_address("10.0.0.1", ["198.51.100.7"], ()) == "10.0.0.1"
+    assert parse_networks(["192.0.2.1"]) == (ipaddress.ip_network("192.0.2.1/32"),)
+
+
+# -- Redis: replicas, and an outage ---------------------------------------------------------
+
+
+def test_two_replicas_sharing_redis_share_the_counts(issuer_factory, redis_namespace):
+    shared = {"rate_limit_storage": REDIS_URL, "rate_limit_key_prefix": redis_namespace}
+    replica_a = issuer_factory(**shared)
+    auth = replica_a.setup_accounts()
+    replica_b = issuer_factory(store_ready=True, **shared)
+    login(replica_a.http("192.0.2.1"), auth, "alice")
+    login(replica_b.http("192.0.2.2"), auth, "alice")
+    login(replica_a.http("192.0.2.3"), auth, "alice")
+    assert_blocked(login(replica_b.http("192.0.2.4"), auth, "alice", PASSWORD))
+    assert login(replica_b.http("192.0.2.4"), auth, "bob", PASSWORD).status_code == 200
+
+
+def test_logins_work_when_the_rate_limit_storage_is_down(issuer_factory, caplog):
+    issuer = issuer_factory(rate_limit_storage=UNREACHABLE_REDIS)
+    auth = issuer.setup_accounts()
+    http = issuer.http()
+    for _ in range(5):
+        assert login(http, auth, "alice").json()["error"] == "invalid_grant"
+    response = login(http, auth, "alice", PASSWORD)
+    assert response.status_code == 200, response.text
+    assert "login limits are NOT enforced" in caplog.text
