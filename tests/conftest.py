@@ -55,18 +55,23 @@ def _postgres_problem() -> str | None:
     return None
 
 
-_PG_PROBLEM: list[str | None] = []
+_SERVICE_PROBLEMS: dict[str, str | None] = {}
 
 
-def require_postgres() -> None:
-    """Skip (locally) or fail (CI) when PostgreSQL is not reachable."""
-    if not _PG_PROBLEM:
-        _PG_PROBLEM.append(_postgres_problem())
-    problem = _PG_PROBLEM[0]
+def require_service(name: str, probe: Callable[[], str | None]) -> None:
+    """Skip (locally) or fail (CI) when a service ``probe`` finds unreachable; probed once."""
+    if name not in _SERVICE_PROBLEMS:
+        _SERVICE_PROBLEMS[name] = probe()
+    problem = _SERVICE_PROBLEMS[name]
     if problem:
         if REQUIRE_SERVICES:
             pytest.fail(problem + " (ISSUER_TEST_REQUIRE_SERVICES=1)")
         pytest.skip(problem)
+
+
+def require_postgres() -> None:
+    """Skip (locally) or fail (CI) when PostgreSQL is not reachable."""
+    require_service("postgresql", _postgres_problem)
 
 
 @pytest.fixture

@@ -20,11 +20,10 @@ import redis
 from issuer.errors import ConfigError
 from issuer.ratelimit import LoginLimiter, address_key, user_key
 from issuer.settings import load_settings
+from tests.conftest import require_service
 
 REDIS_URL = os.environ.get("ISSUER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-REQUIRE_SERVICES = os.environ.get("ISSUER_TEST_REQUIRE_SERVICES") == "1"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
-_REDIS_PROBLEM: list[str | None] = []
 
 
 def _redis_problem() -> str | None:
@@ -39,13 +38,7 @@ def _redis_problem() -> str | None:
 
 def require_redis() -> None:
     """Skip (locally) or fail (CI) when Redis is not reachable."""
-    if not _REDIS_PROBLEM:
-        _REDIS_PROBLEM.append(_redis_problem())
-    problem = _REDIS_PROBLEM[0]
-    if problem:
-        if REQUIRE_SERVICES:
-            pytest.fail(problem + " (ISSUER_TEST_REQUIRE_SERVICES=1)")
-        pytest.skip(problem)
+    require_service("redis", _redis_problem)
 
 
 def fresh_redis_namespace() -> Iterator[str]:
