@@ -194,6 +194,18 @@ def add_client(
 
 
 @pytest.fixture
+def alice(components: Components) -> User:
+    """An engineer named alice with the password PASSWORD."""
+    return add_user(components.store, "alice")
+
+
+@pytest.fixture
+def basic(components: Components) -> tuple[str, str | None]:
+    """A confidential client_secret_basic client: its (id, secret) for ``auth=``."""
+    return ("webapp", add_client(components.store, "webapp"))
+
+
+@pytest.fixture
 def memory_store() -> MemoryStore:
     return MemoryStore()
 
@@ -269,6 +281,23 @@ class LiveServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def server_env(workdir: Path, **overrides: Any) -> dict[str, str]:
+    """The environment of a test server in ``workdir``: no inherited ISSUER_* variables,
+    a free loopback port, SQLite and keys in ``workdir``, bcrypt cost 4, plus overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISSUER_")}
+    env.update(
+        {
+            "ISSUER_URL": f"http://127.0.0.1:{free_port()}",
+            "ISSUER_DATABASE_URL": f"sqlite:///{workdir / 'issuer.db'}",
+            "ISSUER_KEYS_DIR": str(workdir / "keys"),
+            "ISSUER_BCRYPT_ROUNDS": str(TEST_ROUNDS),
+            "ISSUER_CONFIG": str(Path(__file__).parent / "empty.toml"),
+        }
+    )
+    env.update({"ISSUER_" + name.upper(): str(value) for name, value in overrides.items()})
+    return env
+
+
 @pytest.fixture
 def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start real servers: ``factory(**settings)`` runs ``issuer init`` then ``serve``.
@@ -281,20 +310,7 @@ def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     def factory(**overrides: Any) -> LiveServer:
         workdir = tmp_path / f"server{len(servers)}"
         workdir.mkdir()
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ISSUER_")}
-        env.update(
-            {
-                "ISSUER_URL": f"http://127.0.0.1:{port}",
-                "ISSUER_DATABASE_URL": f"sqlite:///{workdir / 'issuer.db'}",
-                "ISSUER_KEYS_DIR": str(workdir / "keys"),
-                "ISSUER_BCRYPT_ROUNDS": str(TEST_ROUNDS),
-                "ISSUER_CONFIG": str(Path(__file__).parent / "empty.toml"),
-            }
-        )
-        for name, value in overrides.items():
-            env["ISSUER_" + name.upper()] = str(value)
-        server = LiveServer(workdir, env)
+        server = LiveServer(workdir, server_env(workdir, **overrides))
         server.cli("init")
         servers.append(server)
         return server

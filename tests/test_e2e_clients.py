@@ -7,7 +7,6 @@ requests-oauthlib, Authlib and raw HTTP, and verified the way a resource server 
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import subprocess
@@ -25,7 +24,7 @@ from oauthlib.oauth2 import InvalidClientError, InvalidGrantError, LegacyApplica
 from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth2Session
 
-from tests.conftest import TEST_ROUNDS, LiveServer, free_port
+from tests.conftest import LiveServer, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -63,19 +62,8 @@ def server(tmp_path_factory) -> Iterator[Issuer]:
     only read the shared users and clients; what they revoke is their own tokens.
     """
     workdir = tmp_path_factory.mktemp("e2e-issuer")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISSUER_")}
     hs256_secret = secrets.token_urlsafe(48)
-    env.update(
-        {
-            "ISSUER_URL": f"http://127.0.0.1:{free_port()}",
-            "ISSUER_DATABASE_URL": f"sqlite:///{workdir / 'issuer.db'}",
-            "ISSUER_KEYS_DIR": str(workdir / "keys"),
-            "ISSUER_BCRYPT_ROUNDS": str(TEST_ROUNDS),
-            "ISSUER_CONFIG": str(Path(__file__).parent / "empty.toml"),
-            "ISSUER_SECRET_KEY": hs256_secret,
-        }
-    )
-    live = LiveServer(workdir, env)
+    live = LiveServer(workdir, server_env(workdir, secret_key=hs256_secret))
     live.cli("init")
     live.cli(
         "users", "add", "alice", "--role", "engineer", "--password-stdin", stdin=PASSWORD + "\n"

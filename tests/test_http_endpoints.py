@@ -29,16 +29,6 @@ USERINFO = "/userinfo"
 
 
 @pytest.fixture
-def alice(components):
-    return add_user(components.store, "alice")
-
-
-@pytest.fixture
-def basic(components):
-    return ("webapp", add_client(components.store, "webapp"))
-
-
-@pytest.fixture
 def resource_server(components):
     """A confidential client that introspects tokens for an API."""
     return ("api", add_client(components.store, "api"))

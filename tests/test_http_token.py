@@ -34,17 +34,6 @@ def refresh_count(components) -> int:
 
 
 @pytest.fixture
-def alice(components):
-    return add_user(components.store, "alice")
-
-
-@pytest.fixture
-def basic(components):
-    """A confidential client_secret_basic client: its (id, secret) for ``auth=``."""
-    return ("webapp", add_client(components.store, "webapp"))
-
-
-@pytest.fixture
 def login(client, alice, basic):
     """A successful password grant for alice through the Basic client: the token response."""
 
