@@ -650,27 +650,24 @@ def test_serve_refuses_an_unmigrated_database(cli, secret_key):
 # -- quickstart ----------------------------------------------------------------
 
 
-def test_quickstart_prints_commands_for_the_configured_url(cli):
-    proc = subprocess.run(
+def run_quickstart(cli, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "issuer.quickstart"],
-        env={**cli.env, "ISSUER_URL": "http://127.0.0.1:8123"},
+        env={**cli.env, "ISSUER_URL": url},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_quickstart_prints_commands_for_the_configured_url(cli):
+    proc = run_quickstart(cli, "http://127.0.0.1:8123")
     assert proc.returncode == 0, proc.stderr
     assert "http://127.0.0.1:8123/oauth/token" in proc.stdout
     assert "--password-stdin" in proc.stdout
 
 
 def test_quickstart_with_an_invalid_configuration_says_so_in_one_line(cli):
-    proc = subprocess.run(
-        [sys.executable, "-m", "issuer.quickstart"],
-        env={**cli.env, "ISSUER_URL": "ftp://example.com"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_quickstart(cli, "ftp://example.com")
     assert_refused(Result(proc.returncode, proc.stdout, proc.stderr), "url")

@@ -163,7 +163,8 @@ class Endpoints:
 
     async def jwks(self, request: Request) -> Response:
         """Public keys only, from bytes the key store precomputed; conditional GET."""
-        key_set = self.keys.current()
+        # current() may re-read keys/ and parse PEMs after a rotation: not on the event loop.
+        key_set = await run_in_threadpool(self.keys.current)
         headers = {
             "Cache-Control": f"public, max-age={self.jwks_max_age}",
             "ETag": key_set.etag,
