@@ -32,7 +32,7 @@ from issuer.keystore import RotationResult
 from issuer.logs import configure_logging
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
-from issuer.settings import Settings, load_settings
+from issuer.settings import Settings, load_settings, redact_url
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
 from issuer.store.sql import SqlStore, make_engine
@@ -199,7 +199,10 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings.database_url, settings.db_pool_size)
     migrate.upgrade(engine)
     engine.dispose()
-    print(f"database ready at {settings.database_url} (revision {migrate.head_revision()})")
+    print(
+        f"database ready at {redact_url(settings.database_url)} "
+        f"(revision {migrate.head_revision()})"
+    )
     if settings.signing_alg == "HS256" and settings.secret_key is not None:
         print("signing with the HS256 secret from the environment")
     else:

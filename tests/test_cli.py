@@ -671,3 +671,12 @@ def test_quickstart_prints_commands_for_the_configured_url(cli):
 def test_quickstart_with_an_invalid_configuration_says_so_in_one_line(cli):
     proc = run_quickstart(cli, "ftp://example.com")
     assert_refused(Result(proc.returncode, proc.stdout, proc.stderr), "url")
+
+
+def test_init_never_prints_the_database_password(cli, postgres_url):
+    # PostgreSQL here trusts local connections, so any password is accepted and unused.
+    with_password = postgres_url.replace("postgres@", "postgres:n0t-for-eyes@", 1)
+    result = cli("init", database_url=with_password)
+    assert result.code == 0, result
+    assert "n0t-for-eyes" not in result.out + result.err
+    assert "postgres:***@" in result.out
