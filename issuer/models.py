@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 
@@ -39,6 +40,16 @@ class AuthMethod(enum.StrEnum):
 
 
 GRANT_TYPES = ("password", "refresh_token")
+
+
+def canonical_username(name: str) -> str:
+    """The form in which usernames are compared, stored unique, rate limited and audited.
+
+    Unicode NFKC_Casefold (UAX #15 / UTS #39 style): NFKC, case folding, NFKC again, so
+    ``ALICE``, ``Alice`` and the full-width ``ａｌｉｃｅ`` are one name. Folding alone can
+    leave a string that is no longer NFKC (e.g. ``ǰ``), hence the second pass.
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 @dataclass(frozen=True)
