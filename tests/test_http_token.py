@@ -402,9 +402,7 @@ def test_wrong_method_names_the_registered_and_the_attempted_method(
 
     add_client(components.store, "spa", method=AuthMethod.NONE)
     with_secret = password_form(client_id="spa", client_secret="anything")
-    assert "registered for none" in client.post(TOKEN, data=with_secret).json()[
-        "error_description"
-    ]
+    assert "registered for none" in client.post(TOKEN, data=with_secret).json()["error_description"]
 
 
 def test_wrong_secret_and_unknown_client_keep_the_generic_description(client, basic, alice):
