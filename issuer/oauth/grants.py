@@ -72,15 +72,18 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
         return user
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        user: User = self.request.user
+        client: OAuthClient = self.request.client
         token, record = self.server.issue_tokens(
-            self.request.user, self.request.client, self.request.scope
+            user, client, self.request.scope, auth_time=self.server.tokens.now()
         )
-        self.server.store.create(record)
+        if record is not None:
+            self.server.store.create(record)
         audit.info(
             "login user_id=%s client_id=%s family=%s",
-            record.user_id,
-            record.client_id,
-            record.family_id,
+            user.id,
+            client.get_client_id(),
+            record.family_id if record is not None else "-",
         )
         return 200, token, self.server.token_headers()
 
@@ -153,14 +156,17 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
             raise InvalidGrantError(BAD_REFRESH)
         requested = self.request.payload.scope
         access_scope = " ".join(scope_list(requested)) if requested is not None else old.scope
+        auth_time = credential.claims.get("auth_time")
         token, new = self.server.issue_tokens(
             user,
             self.request.client,
             access_scope,
             family_id=old.family_id,
             refresh_scope=old.scope,
+            auth_time=auth_time if isinstance(auth_time, int) else None,
         )
-        if not self.server.store.rotate(old.jti, new, self.server.tokens.now()):
+        # Only a client registered for this grant gets here, so a new token was minted.
+        if new is None or not self.server.store.rotate(old.jti, new, self.server.tokens.now()):
             self.server.on_refresh_reuse(old, "a refresh token was spent concurrently")
             raise InvalidGrantError(BAD_REFRESH)
         return 200, token, self.server.token_headers()

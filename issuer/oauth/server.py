@@ -181,9 +181,19 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
     # -- helpers for the grants ----------------------------------------------
 
     def resolve_scope(self, client: OAuthClient, requested: str | None) -> str:
-        """The scope to grant: the request's (all allowed), or the default the client may have."""
+        """The scope to grant: the request's (all allowed), or the default the client may have.
+
+        RFC 6749 §3.3: a scope the client may not have, or a grant that would end up with
+        no scope at all, is ``invalid_scope``; nothing is silently granted as ``""``.
+        """
         if requested is None:
-            return " ".join(s for s in self.default_scope.split() if s in client.allowed_scopes)
+            granted = [s for s in self.default_scope.split() if s in client.allowed_scopes]
+            if not granted:
+                raise InvalidScopeError(
+                    "No scope was requested and none of the default scope is allowed for "
+                    "this client; request one of its scopes."
+                )
+            return " ".join(granted)
         wanted = scope_list(requested)
         if not wanted or not set(wanted) <= set(client.allowed_scopes):
             raise InvalidScopeError("The requested scope is not allowed for this client.")
@@ -197,12 +207,25 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         *,
         family_id: str | None = None,
         refresh_scope: str | None = None,
-    ) -> tuple[dict[str, Any], RefreshRecord]:
-        """A token response body and the record of its new refresh token."""
+        auth_time: int | None = None,
+    ) -> tuple[dict[str, Any], RefreshRecord | None]:
+        """A token response body and the record of its new refresh token.
+
+        A client not registered for the ``refresh_token`` grant could never use a refresh
+        token: it gets none, and nothing is recorded (the record is None).
+        """
         client_id = client.get_client_id()
         access, access_claims = self.tokens.create_access_token(
             self.tokens.access_claims_for(user, client_id, scope)
         )
+        body: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": access_claims["exp"] - access_claims["iat"],
+            "scope": scope,
+        }
+        if not client.check_grant_type(RefreshTokenGrant.GRANT_TYPE):
+            return body, None
         refresh_data: dict[str, Any] = {
             "sub": user.id,
             "client_id": client_id,
@@ -210,6 +233,10 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         }
         if family_id is not None:
             refresh_data["fam"] = family_id
+        if auth_time is not None:
+            # Signed into the refresh token, so every refresh can repeat the login time
+            # in its ID token (OIDC Core §2 auth_time) without storing it.
+            refresh_data["auth_time"] = auth_time
         refresh, refresh_claims = self.tokens.create_refresh_token(refresh_data)
         record = RefreshRecord(
             jti=refresh_claims["jti"],
@@ -220,13 +247,7 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             issued_at=refresh_claims["iat"],
             expires_at=refresh_claims["exp"],
         )
-        body = {
-            "access_token": access,
-            "token_type": "Bearer",
-            "expires_in": access_claims["exp"] - access_claims["iat"],
-            "refresh_token": refresh,
-            "scope": scope,
-        }
+        body["refresh_token"] = refresh
         return body, record
 
     def token_headers(self) -> list[tuple[str, str]]:
