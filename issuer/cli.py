@@ -296,7 +296,11 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
     method = (
         AuthMethod.NONE if args.public else AuthMethod(args.auth_method or "client_secret_basic")
     )
-    grants = tuple(dict.fromkeys(args.grant or GRANT_TYPES))
+    if args.introspect and args.public:
+        raise UsageError("--introspect needs a confidential client (introspection takes a secret)")
+    # A resource server only introspects: unless --grant says otherwise, it gets no grant.
+    default_grants: tuple[str, ...] = () if args.introspect else GRANT_TYPES
+    grants = tuple(dict.fromkeys(args.grant or default_grants))
     unknown_grants = [g for g in grants if g not in GRANT_TYPES]
     if unknown_grants:
         raise UsageError(
@@ -317,9 +321,12 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
         secret_hash=hash_client_secret(secret) if secret else None,
         name=args.name or "",
         created_at=int(time.time()),
+        may_introspect=args.introspect,
     )
     _store(settings).add_client(client)
-    print(f"added client {client.client_id} ({method.value}; grants: {' '.join(grants)})")
+    shown = " ".join(grants) or "(none)"
+    extra = "; may introspect every token" if client.may_introspect else ""
+    print(f"added client {client.client_id} ({method.value}; grants: {shown}{extra})")
     if secret:
         print(f"client_secret: {secret}")
         print("This secret is shown once and stored only as a hash. Keep it safe.")
@@ -328,12 +335,14 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_clients_list(settings: Settings, args: argparse.Namespace) -> int:
     found = _store(settings).list_clients()  # before the header: an error prints nothing
-    print(f"{'CLIENT_ID':<24} {'AUTH':<20} {'GRANTS':<24} {'SCOPES':<24} CREATED")
+    print(f"{'CLIENT_ID':<24} {'AUTH':<20} {'GRANTS':<24} {'SCOPES':<24} INTROSPECT CREATED")
     for c in found:
         scopes = " ".join(c.scopes) or "(all)"
+        grants = " ".join(c.grant_types) or "(none)"
+        introspect = "all" if c.may_introspect else "own"
         print(
-            f"{c.client_id:<24} {c.auth_method.value:<20} {' '.join(c.grant_types):<24} "
-            f"{scopes:<24} {_ts(c.created_at)}"
+            f"{c.client_id:<24} {c.auth_method.value:<20} {grants:<24} "
+            f"{scopes:<24} {introspect:<10} {_ts(c.created_at)}"
         )
     return 0
 
@@ -441,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cadd.add_argument("--scope", help="allowed scopes, space-separated (default: all)")
     cadd.add_argument("--name", help="a human-readable name")
+    cadd.add_argument(
+        "--introspect",
+        action="store_true",
+        help="may introspect every token (for resource servers; no grants unless --grant)",
+    )
     cadd.set_defaults(func=cmd_clients_add)
     clients.add_parser("list").set_defaults(func=cmd_clients_list)
     crm = clients.add_parser("remove")

@@ -177,6 +177,7 @@ def add_client(
     method: AuthMethod = AuthMethod.CLIENT_SECRET_BASIC,
     grants: tuple[str, ...] = ("password", "refresh_token"),
     scopes: tuple[str, ...] = (),
+    introspect: bool = False,
 ) -> str | None:
     """Register a client; returns its cleartext secret (None for a public client)."""
     secret = None if method is AuthMethod.NONE else secrets.token_urlsafe(32)
@@ -188,6 +189,7 @@ def add_client(
             scopes=scopes,
             secret_hash=hash_client_secret(secret) if secret else None,
             created_at=int(time.time()),
+            may_introspect=introspect,
         )
     )
     return secret

@@ -145,6 +145,7 @@ def _client(row: RowMapping) -> Client:
         secret_hash=row["secret_hash"],
         name=row["name"],
         created_at=int(row["created_at"]),
+        may_introspect=bool(row["may_introspect"]),
     )
 
 
@@ -259,6 +260,7 @@ class SqlStore:
                         scopes=" ".join(client.scopes),
                         name=client.name,
                         created_at=client.created_at,
+                        may_introspect=client.may_introspect,
                     )
                 )
         except IntegrityError:
