@@ -183,9 +183,7 @@ def create_app(
         keys=parts.keys,
         store=parts.store,
         users=parts.users,
-        discovery_bytes=metadata_bytes(
-            parts.settings.url, parts.settings.scopes, parts.settings.signing_alg
-        ),
+        discovery_bytes=metadata_bytes(parts.settings.url, parts.server),
         jwks_max_age=parts.settings.jwks_max_age,
         trusted_proxies=parse_networks(parts.settings.trusted_proxies),
     )

@@ -18,11 +18,18 @@ def token_from_header(authorization: str | None) -> str | None:
     return token
 
 
-def challenge(error: str | None = None, description: str | None = None) -> str:
-    """A ``WWW-Authenticate`` value (§3); no error code when no credentials were sent."""
+def challenge(
+    error: str | None = None, description: str | None = None, scope: str | None = None
+) -> str:
+    """A ``WWW-Authenticate`` value (§3); no error code when no credentials were sent.
+
+    ``scope`` names the scope a request lacked (with ``insufficient_scope``).
+    """
     parts = [f'realm="{REALM}"']
     if error:
         parts.append(f'error="{error}"')
     if description:
         parts.append(f'error_description="{description}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
     return "Bearer " + ", ".join(parts)

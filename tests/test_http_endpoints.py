@@ -408,7 +408,12 @@ def test_userinfo_returns_the_user_behind_the_token(client, alice, login):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     assert response.headers["cache-control"] == "no-store"
-    assert response.json() == {"sub": alice.id, "username": "alice", "role": "engineer"}
+    assert response.json() == {
+        "sub": alice.id,
+        "username": "alice",
+        "role": "engineer",
+        "preferred_username": "alice",
+    }
 
 
 def test_userinfo_also_answers_post(client, alice, login):

@@ -51,7 +51,9 @@ def assert_token_response(response, scope: str) -> dict:
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
+    pair = {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
+    # OIDC Core §3.1.3.3: an ID token exactly when openid was granted.
+    assert set(body) == (pair | {"id_token"} if "openid" in scope.split() else pair)
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 1800
     assert body["scope"] == scope

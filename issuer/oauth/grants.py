@@ -20,7 +20,7 @@ from authlib.oauth2.rfc6749.grants import (
 
 from issuer.errors import TokenError
 from issuer.models import RefreshRecord, User
-from issuer.oauth.clients import TOKEN_AUTH_METHODS, OAuthClient, scope_list
+from issuer.oauth.clients import TOKEN_AUTH_METHODS, OAuthClient, presented_secret, scope_list
 from issuer.tokens import REFRESH
 
 if TYPE_CHECKING:
@@ -75,7 +75,11 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
         user: User = self.request.user
         client: OAuthClient = self.request.client
         token, record = self.server.issue_tokens(
-            user, client, self.request.scope, auth_time=self.server.tokens.now()
+            user,
+            client,
+            self.request.scope,
+            auth_time=self.server.tokens.now(),
+            client_secret=presented_secret(self.request),
         )
         if record is not None:
             self.server.store.create(record)
@@ -164,6 +168,7 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
             family_id=old.family_id,
             refresh_scope=old.scope,
             auth_time=auth_time if isinstance(auth_time, int) else None,
+            client_secret=presented_secret(self.request),
         )
         # Only a client registered for this grant gets here, so a new token was minted.
         if new is None or not self.server.store.rotate(old.jti, new, self.server.tokens.now()):
