@@ -328,6 +328,24 @@ def node_dir() -> Path:
     return NODE_DIR
 
 
+def run_node_script(script: Path, request: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Run a tests/node script with ``request`` as JSON on stdin.
+
+    The scripts exit 0 when everything held, 1 when their library refused something, and 2
+    on bad input (a bug in the test, hence the assertion).
+    """
+    done = subprocess.run(
+        ["node", str(script)],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done
+
+
 @pytest.fixture
 def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start real servers: ``factory(**settings)`` runs ``issuer init`` then ``serve``.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import PASSWORD, LiveServer
+from tests.conftest import PASSWORD, LiveServer, run_node_script
 
 pytestmark = pytest.mark.e2e
 
@@ -45,15 +44,7 @@ def relying_party(node_dir: Path, issuer: str, secret: str, **extra: Any) -> dic
         "password": PASSWORD,
         **extra,
     }
-    done = subprocess.run(
-        ["node", str(node_dir / "oidc-client.mjs")],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode in (0, 1), done.stderr
+    done = run_node_script(node_dir / "oidc-client.mjs", request)
     result: dict[str, Any] = json.loads(done.stdout)
     assert secret not in done.stdout
     return result

@@ -18,7 +18,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, run_node_script
 
 pytestmark = pytest.mark.e2e
 
@@ -39,15 +39,7 @@ def jose_verify(script: Path, server, tokens: list[str]) -> list[dict[str, Any]]
         "issuer": server.url,
         "audience": AUDIENCE,
     }
-    done = subprocess.run(
-        ["node", str(script)],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode in (0, 1), done.stderr
+    done = run_node_script(script, request)
     results = json.loads(done.stdout)["results"]
     assert (done.returncode == 0) == all(r["ok"] for r in results)
     return results

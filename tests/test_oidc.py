@@ -4,8 +4,6 @@ discovery document whose every advertised item is exercised against the server.
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +21,13 @@ from issuer.models import AuthMethod
 from issuer.store import migrate
 from issuer.store.sql import make_engine
 from tests.conftest import PASSWORD, add_client, add_user
-from tests.test_jwks import MODES
+from tests.test_http_endpoints import Clock
+from tests.test_jwks import MODES, parts_of
+
+
+def header_of(token: str) -> dict[str, Any]:
+    return parts_of(token)[0]
+
 
 # joserfc prefers the name Ed25519 and warns on every EdDSA verification; the wire name
 # stays EdDSA (see issuer.tokens), so the warning says nothing about these tests.
@@ -33,14 +37,6 @@ TOKEN = "/oauth/token"
 USERINFO = "/userinfo"
 START = 1_700_000_000
 ID_TOKEN_ALGS = ["HS256", "RS256", "ES256", "EdDSA"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(START)
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Issuer:
@@ -53,7 +49,7 @@ class Issuer:
         engine = make_engine(self.settings.database_url)
         migrate.upgrade(engine)
         engine.dispose()
-        self.clock = Clock()
+        self.clock = Clock(START)
         self.parts = build_components(self.settings, clock=self.clock)
         self.alice = add_user(self.parts.store)
         self.secret = add_client(self.parts.store, "webapp")
@@ -81,7 +77,7 @@ class Issuer:
 
     def id_token_claims(self, id_token: str, client_secret: str | None = None) -> dict[str, Any]:
         """Verified the way an OIDC client does: JWKS (asymmetric) or its secret (HS256)."""
-        header = _header(id_token)
+        header = header_of(id_token)
         assert header["typ"] == "JWT"
         assert header["alg"] == self.alg
         if self.alg == "HS256":
@@ -90,11 +86,6 @@ class Issuer:
             return dict(jwt.decode(id_token, key, algorithms=["HS256"]).claims)
         jwks = KeySet.import_key_set(self.http.get("/.well-known/jwks.json").json())
         return dict(jwt.decode(id_token, jwks, algorithms=[self.alg]).claims)
-
-
-def _header(token: str) -> dict[str, Any]:
-    segment = token.split(".", 1)[0]
-    return dict(json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))))
 
 
 @pytest.fixture(params=list(MODES))
@@ -352,7 +343,7 @@ def test_every_item_the_discovery_document_advertises_works(issuer):
 
     # The ID token: signed with an advertised alg, by a key in jwks_uri when asymmetric.
     body = issuer.login()
-    header = _header(body["id_token"])
+    header = header_of(body["id_token"])
     assert header["alg"] in doc["id_token_signing_alg_values_supported"]
     jwks = issuer.http.get(doc["jwks_uri"]).json()
     if header["alg"] == "HS256":
