@@ -347,6 +347,24 @@ def cmd_clients_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_introspection(allowed: bool) -> Callable[[Settings, argparse.Namespace], int]:
+    def command(settings: Settings, args: argparse.Namespace) -> int:
+        store = _store(settings)
+        client = store.get_client(args.client_id)
+        if client is None:
+            raise UsageError(f"no client {args.client_id!r}")
+        if allowed and client.is_public:
+            raise UsageError("a public client cannot introspect (introspection takes a secret)")
+        store.set_client_introspection(args.client_id, allowed)
+        if allowed:
+            print(f"client {args.client_id} may now introspect every token")
+        else:
+            print(f"client {args.client_id} may now introspect only its own tokens")
+        return 0
+
+    return command
+
+
 def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
     _store(settings).remove_client(args.client_id)
     print(f"removed client {args.client_id}; its refresh tokens are revoked")
@@ -398,6 +416,41 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------
 
 
+def _add_clients_commands(sub: Any) -> None:
+    """``issuer clients …``: its own function, to keep build_parser readable."""
+    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
+        dest="clients", required=True
+    )
+    cadd = clients.add_parser("add", help="register a client (prints its secret once)")
+    cadd.add_argument("client_id")
+    cadd.add_argument("--public", action="store_true", help="no secret (auth method 'none')")
+    cadd.add_argument(
+        "--auth-method", choices=["client_secret_basic", "client_secret_post"], default=None
+    )
+    cadd.add_argument(
+        "--grant", action="append", help="password, refresh_token (repeatable; default both)"
+    )
+    cadd.add_argument("--scope", help="allowed scopes, space-separated (default: all)")
+    cadd.add_argument("--name", help="a human-readable name")
+    cadd.add_argument(
+        "--introspect",
+        action="store_true",
+        help="may introspect every token (for resource servers; no grants unless --grant)",
+    )
+    cadd.set_defaults(func=cmd_clients_add)
+    clients.add_parser("list").set_defaults(func=cmd_clients_list)
+    for name, allowed, what in (
+        ("allow-introspection", True, "let a resource server introspect every token"),
+        ("deny-introspection", False, "limit a client to introspecting its own tokens"),
+    ):
+        toggle = clients.add_parser(name, help=what)
+        toggle.add_argument("client_id")
+        toggle.set_defaults(func=_set_introspection(allowed))
+    crm = clients.add_parser("remove")
+    crm.add_argument("client_id")
+    crm.set_defaults(func=cmd_clients_remove)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="issuer", description="A self-hosted OAuth 2.0 token issuer.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -436,30 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     setpw.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
     setpw.set_defaults(func=cmd_users_set_password)
 
-    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
-        dest="clients", required=True
-    )
-    cadd = clients.add_parser("add", help="register a client (prints its secret once)")
-    cadd.add_argument("client_id")
-    cadd.add_argument("--public", action="store_true", help="no secret (auth method 'none')")
-    cadd.add_argument(
-        "--auth-method", choices=["client_secret_basic", "client_secret_post"], default=None
-    )
-    cadd.add_argument(
-        "--grant", action="append", help="password, refresh_token (repeatable; default both)"
-    )
-    cadd.add_argument("--scope", help="allowed scopes, space-separated (default: all)")
-    cadd.add_argument("--name", help="a human-readable name")
-    cadd.add_argument(
-        "--introspect",
-        action="store_true",
-        help="may introspect every token (for resource servers; no grants unless --grant)",
-    )
-    cadd.set_defaults(func=cmd_clients_add)
-    clients.add_parser("list").set_defaults(func=cmd_clients_list)
-    crm = clients.add_parser("remove")
-    crm.add_argument("client_id")
-    crm.set_defaults(func=cmd_clients_remove)
+    _add_clients_commands(sub)
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys", required=True)
     rotate = keys.add_parser("rotate", help="advance every key one state (first run creates)")

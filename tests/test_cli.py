@@ -502,6 +502,24 @@ def test_clients_add_introspect_refuses_a_public_client(ready):
     assert ready.snapshot() == before
 
 
+def test_an_existing_client_is_allowed_and_denied_introspection(ready):
+    """After upgrading, a resource server keeps its secret and gets the permission back."""
+    allowed = ready("clients", "allow-introspection", "webapp")
+    assert allowed.code == 0, allowed.err
+    assert "every token" in allowed.out
+    assert ready.store().get_client("webapp").may_introspect is True
+    assert ready("clients", "deny-introspection", "webapp").code == 0
+    assert ready.store().get_client("webapp").may_introspect is False
+
+
+def test_introspection_cannot_be_allowed_to_a_missing_or_public_client(ready):
+    assert ready("clients", "add", "spa", "--public").code == 0
+    before = ready.snapshot()
+    assert_refused(ready("clients", "allow-introspection", "nobody"), "no client")
+    assert_refused(ready("clients", "allow-introspection", "spa"), "public")
+    assert ready.snapshot() == before
+
+
 def test_clients_remove_deletes_the_client(ready):
     assert ready("clients", "remove", "webapp").code == 0
     assert ready.store().get_client("webapp") is None

@@ -222,6 +222,18 @@ def test_a_resource_server_keeps_its_introspection_permission(store: Store) -> N
     assert webapp is not None and webapp.may_introspect is False
 
 
+def test_the_introspection_permission_can_be_granted_and_withdrawn(store: Store) -> None:
+    store.add_client(confidential())
+
+    granted = store.set_client_introspection("webapp", True)
+
+    assert granted.may_introspect is True
+    assert store.get_client("webapp") == granted
+    assert store.set_client_introspection("webapp", False) == confidential()
+    with pytest.raises(NotFoundError):
+        store.set_client_introspection("nobody", True)
+
+
 def test_a_taken_client_id_is_refused_and_changes_nothing(store: Store) -> None:
     store.add_client(confidential())
 

@@ -273,6 +273,22 @@ class SqlStore:
             rows = conn.execute(query).mappings().all()
         return [_client(r) for r in rows]
 
+    def set_client_introspection(self, client_id: str, allowed: bool) -> Client:
+        with self._writer.begin() as conn:
+            row = (
+                conn.execute(
+                    update(clients)
+                    .where(clients.c.client_id == client_id)
+                    .values(may_introspect=allowed)
+                    .returning(*clients.c)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"no client {client_id!r}")
+        return _client(row)
+
     def remove_client(self, client_id: str) -> None:
         now = int(time.time())
         with self._writer.begin() as conn:
