@@ -183,6 +183,17 @@ def test_under_hs256_the_id_token_is_keyed_with_the_client_secret_only(hs256):
             jwt.decode(id_token, OctKey.import_key(wrong.encode()), algorithms=["HS256"])
 
 
+def test_under_hs256_a_client_secret_post_client_verifies_with_its_secret_too(hs256):
+    secret = add_client(hs256.parts.store, "poster", method=AuthMethod.CLIENT_SECRET_POST)
+    post = {"client_id": "poster", "client_secret": secret}
+    form = {"grant_type": "password", "username": "alice", "password": PASSWORD, **post}
+    login = hs256.http.post(TOKEN, data=form).json()
+    form = {"grant_type": "refresh_token", "refresh_token": login["refresh_token"], **post}
+    renewed = hs256.http.post(TOKEN, data=form).json()
+    for body in (login, renewed):
+        assert hs256.id_token_claims(body["id_token"], client_secret=secret)["aud"] == "poster"
+
+
 def test_under_hs256_a_public_client_may_not_have_openid(hs256):
     add_client(hs256.parts.store, "spa", method=AuthMethod.NONE)
     form = {"grant_type": "password", "username": "alice", "password": PASSWORD}
