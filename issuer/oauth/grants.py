@@ -170,8 +170,9 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
             auth_time=auth_time if isinstance(auth_time, int) else None,
             client_secret=presented_secret(self.request),
         )
-        # Only a client registered for this grant gets here, so a new token was minted.
-        if new is None or not self.server.store.rotate(old.jti, new, self.server.tokens.now()):
+        if new is None:  # Authlib admits only clients registered for this grant: defensive
+            raise UnauthorizedClientError("The client may not use the refresh_token grant.")
+        if not self.server.store.rotate(old.jti, new, self.server.tokens.now()):
             self.server.on_refresh_reuse(old, "a refresh token was spent concurrently")
             raise InvalidGrantError(BAD_REFRESH)
         return 200, token, self.server.token_headers()
