@@ -48,6 +48,22 @@ NO_STORE_HEADERS = [
     ("Pragma", "no-cache"),
 ]
 LoginFailureHook = Callable[[HttpRequest, str], None]
+# The parameters this issuer reads. Only these are ever named in an error description:
+# RFC 6749 §5.2 allows only printable ASCII without a quote or backslash there (Authlib raises on
+# anything else), so a client's own parameter names are described, never echoed.
+KNOWN_PARAMETERS = frozenset(
+    {
+        "grant_type",
+        "username",
+        "password",
+        "scope",
+        "refresh_token",
+        "client_id",
+        "client_secret",
+        "token",
+        "token_type_hint",
+    }
+)
 
 
 def silence_authlib_token_logging() -> None:
@@ -276,6 +292,11 @@ def client_ip(request: OAuth2Request) -> str:
     return request.http.client_ip if isinstance(request, IssuerOAuth2Request) else ""
 
 
+def parameter_label(name: str) -> str:
+    """"The 'scope' parameter" for a parameter we know; "A parameter" for any other name."""
+    return f"The '{name}' parameter" if name in KNOWN_PARAMETERS else "A parameter"
+
+
 def check_form_request(request: HttpRequest) -> None:
     """RFC 6749 §3.2 / §2.3: form body only, each parameter once, one client auth method."""
     if request.method != "POST":
@@ -289,7 +310,7 @@ def check_form_request(request: HttpRequest) -> None:
     seen: set[str] = set()
     for name, _ in request.form:
         if name in seen:
-            raise InvalidRequestError(f"The '{name}' parameter is repeated.")
+            raise InvalidRequestError(f"{parameter_label(name)} is repeated.")
         seen.add(name)
     form = dict(request.form)
     header = request.headers.get("Authorization", "")
