@@ -266,7 +266,7 @@ def form_bodies(draw: st.DrawFn) -> bytes:
     body=form_bodies(),
     authenticated=st.booleans(),
 )
-def test_no_generated_form_body_gets_a_5xx(client, components, world, path, body, authenticated):
+def test_no_generated_form_body_gets_a_5xx(client, world, path, body, authenticated):
     """Property: whatever the form, every POST endpoint answers below 500, in RFC 6749 text."""
     response = client.post(
         path,

@@ -293,7 +293,7 @@ def client_ip(request: OAuth2Request) -> str:
 
 
 def parameter_label(name: str) -> str:
-    """"The 'scope' parameter" for a parameter we know; "A parameter" for any other name."""
+    """How an error description names parameter `name`: by name only if it is one of ours."""
     return f"The '{name}' parameter" if name in KNOWN_PARAMETERS else "A parameter"
 
 
