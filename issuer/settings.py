@@ -104,8 +104,10 @@ class Settings:
     key_reload_interval: float = 1.0
     db_pool_size: int = 5
     purge_interval: int = 3600
-    login_failures_per_user: str = "5/minute"
+    login_failures_per_user_address: str = "5/minute"
     login_failures_per_address: str = "30/minute"
+    login_failures_per_user: str = "100/hour"
+    known_address_days: int = 30
     rate_limit_storage: str = "memory://"
     rate_limit_key_prefix: str = "issuer"
     trusted_proxies: tuple[str, ...] = ()
@@ -367,6 +369,7 @@ def _validate(s: Settings) -> list[str]:
         ("purge_interval", 0, 7 * 86400),
         ("port", 1, 65535),
         ("workers", 1, 64),
+        ("known_address_days", 0, 365),
     ):
         value = getattr(s, name)
         if not low <= value <= high:
@@ -394,7 +397,11 @@ def _validate(s: Settings) -> list[str]:
 
 def _rate_limit_problems(s: Settings) -> list[str]:
     problems: list[str] = []
-    for name in ("login_failures_per_user", "login_failures_per_address"):
+    for name in (
+        "login_failures_per_user_address",
+        "login_failures_per_address",
+        "login_failures_per_user",
+    ):
         problem = limit_problem(getattr(s, name))
         if problem:
             problems.append(f"{name}: {problem}")

@@ -61,7 +61,7 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
         if user is None:
             self.server.on_login_failure(self.request, username)
             raise InvalidGrantError(BAD_CREDENTIALS)
-        self.server.on_login_success(username)
+        self.server.on_login_success(self.request, username)
         self.request.user = user
 
     def authenticate_user(self, username: str, password: str) -> User | None:

@@ -20,7 +20,7 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Request,
 )
 
-from issuer.models import RefreshRecord, User
+from issuer.models import RefreshRecord, User, canonical_username
 from issuer.oauth.clients import (
     ClientAuthenticationError,
     OAuthClient,
@@ -237,28 +237,48 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         return list(NO_STORE_HEADERS)
 
     def check_login_allowed(self, request: OAuth2Request, username: str) -> None:
-        """Refuse (429) a login whose user or address spent its failure budget; no bcrypt."""
+        """Take this attempt's places in the failure budgets before bcrypt, or refuse (429).
+
+        The admission rides on the request until :meth:`on_login_success` hands it back.
+        """
         if self.limiter is None:
             return
-        wait = self.limiter.retry_after(username, client_ip(request))
-        if wait is not None:
+        address = client_ip(request)
+        admission = self.limiter.admit(username, address)
+        if admission.retry_after is not None:
             audit.warning(
-                "login refused: too many failures client_id=%s retry_after=%d",
+                "login refused: too many failures %s address=%s client_id=%s retry_after=%d",
+                self._audit_user(username),
+                address or "-",
                 request.client.get_client_id(),
-                wait,
+                admission.retry_after,
             )
-            raise TooManyRequestsError(wait)
+            raise TooManyRequestsError(admission.retry_after)
+        request.login_admission = admission
 
     def on_login_failure(self, request: OAuth2Request, username: str) -> None:
-        audit.info("login failed client_id=%s", request.client.get_client_id())
-        if self.limiter is not None:
-            self.limiter.record_failure(username, client_ip(request))
+        audit.info(
+            "login failed %s address=%s client_id=%s",
+            self._audit_user(username),
+            client_ip(request) or "-",
+            request.client.get_client_id(),
+        )
         if self.login_failure_hook is not None and isinstance(request, IssuerOAuth2Request):
             self.login_failure_hook(request.http, username)
 
-    def on_login_success(self, username: str) -> None:
+    def on_login_success(self, request: OAuth2Request, username: str) -> None:
+        admission = getattr(request, "login_admission", None)
+        if self.limiter is not None and admission is not None:
+            self.limiter.succeeded(admission)
+
+    def _audit_user(self, username: str) -> str:
+        """``user=<canonical name>`` for an existing user; for any other name a keyed hash
+        (``user_hash=…``): a mistyped password in the username field must not reach a log."""
+        if username and self.users.get_by_username(username) is not None:
+            return f"user={canonical_username(username)}"
         if self.limiter is not None:
-            self.limiter.record_success(username)
+            return f"user_hash={self.limiter.pseudonym(username)}"
+        return "user_hash=-"
 
     def on_refresh_reuse(self, record: RefreshRecord, reason: str) -> None:
         revoked = self.store.revoke_family(record.family_id, self.tokens.now())
