@@ -26,8 +26,7 @@ access_log = logging.getLogger("issuer.access")
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _CONTROLS = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
 _TEXT_ESCAPES = {
-    c: _NAMED_ESCAPES.get(chr(c), f"\\x{c:02x}" if c <= 0xFF else f"\\u{c:04x}")
-    for c in _CONTROLS
+    c: _NAMED_ESCAPES.get(chr(c), f"\\x{c:02x}" if c <= 0xFF else f"\\u{c:04x}") for c in _CONTROLS
 }
 # json.dumps escapes C0 itself; with ensure_ascii=False it leaves C1 and U+2028/9 raw.
 _JSON_ESCAPES = {c: f"\\u{c:04x}" for c in _CONTROLS if c >= 0x7F}
