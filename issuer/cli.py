@@ -178,12 +178,13 @@ def _ts(value: int | None) -> str:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415 - only `serve` needs it; other commands start faster
+    # Only `serve` needs the web server; other commands start faster without it.
+    from issuer.http.protocol import PROTOCOL, ServerConfig, serve  # noqa: PLC0415
 
     build_key_store(settings)  # fail fast, with a message, before any worker starts
     _migrated_engine(settings).dispose()
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
+    config = ServerConfig(
         "issuer.app:app_factory",
         factory=True,
         host=args.host or settings.host,
@@ -193,8 +194,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         server_header=False,
         proxy_headers=False,
+        http=PROTOCOL,
+        h11_max_incomplete_event_size=settings.http_max_header_bytes,
+        timeout_keep_alive=settings.http_keep_alive_timeout,
+        limit_concurrency=settings.http_limit_concurrency,
+        request_timeout=settings.http_request_timeout,
+        max_headers=settings.http_max_headers,
     )
-    return 0
+    return 0 if serve(config) else 3
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
