@@ -195,6 +195,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         server_header=False,
         proxy_headers=False,
         http=PROTOCOL,
+        ws="none",  # no WebSocket endpoints: refuse upgrades rather than switch protocols
         h11_max_incomplete_event_size=settings.http_max_header_bytes,
         timeout_keep_alive=settings.http_keep_alive_timeout,
         limit_concurrency=settings.http_limit_concurrency,

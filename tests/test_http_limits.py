@@ -161,6 +161,18 @@ def test_a_slowloris_of_50_connections_is_cut_off_while_healthz_stays_fast(serve
     assert rss_mb(server) - baseline < 20
 
 
+def test_a_slow_second_request_on_a_kept_alive_connection_gets_408(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b'{"status":"ok"}'):
+            first += sock.recv(65536)
+        assert status_of(first) == 200
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ...and then nothing
+        sock.settimeout(6)
+        assert status_of(read_until_closed(sock)) == 408
+
+
 def test_an_unfinished_body_is_cut_off(server):
     with connect(server) as sock:
         sock.sendall(
