@@ -158,7 +158,9 @@ class LoginLimiter:
                 admission.taken.append((item, key))
         except StorageError as exc:
             self._storage_down(exc)
-            self._give_back(admission.taken)
+            # Fail open; give back what was taken if the storage still answers.
+            with contextlib.suppress(StorageError):
+                self._give_back(admission.taken)
             return Admission(username=name, address=address)
         return admission
 

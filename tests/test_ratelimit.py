@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import pytest
 import redis
+from limits.errors import StorageError
 
 from issuer.errors import ConfigError
 from issuer.ratelimit import (
@@ -359,6 +360,30 @@ def test_an_unreachable_storage_fails_open_and_warns_once_a_minute(caplog):
     assert len([r for r in caplog.records if r.name == "issuer.ratelimit"]) == 2
     assert "hunter2-pw" not in caplog.text
     assert "127.0.0.1:1" in caplog.text
+
+
+def test_a_storage_failing_midway_through_an_admission_fails_open(monkeypatch, caplog):
+    """The first budget taken, the storage dies: the login proceeds, and nothing raises
+    even though the place taken cannot be given back."""
+    limiter = LoginLimiter(POLICY)
+    real_hit = limiter.strategy.hit
+    calls: list[int] = []
+
+    def dying_hit(item, *identifiers, cost=1):
+        calls.append(1)
+        if len(calls) > 1:
+            raise StorageError(ConnectionError("gone"))
+        return real_hit(item, *identifiers, cost=cost)
+
+    def dead_release(storage, key):
+        raise StorageError(ConnectionError("gone"))
+
+    monkeypatch.setattr(limiter.strategy, "hit", dying_hit)
+    monkeypatch.setattr("issuer.ratelimit.release_entry", dead_release)
+    admission = limiter.admit("alice", "192.0.2.1")
+    assert admission.admitted
+    assert admission.taken == []
+    assert "NOT enforced" in caplog.text
 
 
 # -- settings ---------------------------------------------------------------------------
