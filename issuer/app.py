@@ -34,7 +34,7 @@ from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeySt
 from issuer.logs import AccessLogMiddleware, configure_logging
 from issuer.oauth.server import IssuerServer
 from issuer.passwords import PasswordHasher
-from issuer.ratelimit import LoginLimiter
+from issuer.ratelimit import LoginLimiter, LoginPolicy, hash_key_for
 from issuer.settings import Settings, load_settings
 from issuer.store.base import Store, UserStore
 from issuer.store.sql import SqlStore, make_engine
@@ -161,11 +161,26 @@ def build_login_limiter(settings: Settings) -> LoginLimiter:
             "alone; set rate_limit_storage to a redis:// URL to share the counts",
             settings.workers,
         )
+    try:
+        hash_key = hash_key_for(
+            settings.rate_limit_storage,
+            settings.secret_key.reveal() if settings.secret_key is not None else None,
+            settings.keys_dir,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            [f"rate_limit_storage: no key for hashing rate limit keys: {exc}"]
+        ) from exc
     return LoginLimiter(
-        settings.login_failures_per_user,
-        settings.login_failures_per_address,
+        LoginPolicy(
+            per_user_address=settings.login_failures_per_user_address,
+            per_address=settings.login_failures_per_address,
+            per_user=settings.login_failures_per_user,
+            known_address_days=settings.known_address_days,
+        ),
         settings.rate_limit_storage,
         namespace=settings.rate_limit_key_prefix,
+        hash_key=hash_key,
     )
 
 

@@ -11,6 +11,7 @@ import argparse
 import getpass
 import re
 import secrets
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from issuer.app import (
@@ -176,12 +178,13 @@ def _ts(value: int | None) -> str:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415 - only `serve` needs it; other commands start faster
+    # Only `serve` needs the web server; other commands start faster without it.
+    from issuer.http.protocol import PROTOCOL, ServerConfig, serve  # noqa: PLC0415
 
     build_key_store(settings)  # fail fast, with a message, before any worker starts
     _migrated_engine(settings).dispose()
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
+    config = ServerConfig(
         "issuer.app:app_factory",
         factory=True,
         host=args.host or settings.host,
@@ -191,8 +194,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         server_header=False,
         proxy_headers=False,
+        http=PROTOCOL,
+        ws="none",  # no WebSocket endpoints: refuse upgrades rather than switch protocols
+        h11_max_incomplete_event_size=settings.http_max_header_bytes,
+        timeout_keep_alive=settings.http_keep_alive_timeout,
+        limit_concurrency=settings.http_limit_concurrency,
+        request_timeout=settings.http_request_timeout,
+        max_headers=settings.http_max_headers,
     )
-    return 0
+    return 0 if serve(config) else 3
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
@@ -221,7 +231,34 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
                 f"created {settings.signing_alg} keys in {settings.keys_dir}/: "
                 + ", ".join(result.created)
             )
+    for path, mode in exposed_files(settings):
+        fix = "700" if path.is_dir() else "600"
+        print(
+            f"warning: {path} is open to other users (mode {mode:04o}): chmod {fix} {path}",
+            file=sys.stderr,
+        )
     return 0
+
+
+def exposed_files(settings: Settings) -> list[tuple[Path, int]]:
+    """The SQLite files (bcrypt hashes) and key material that users other than the owner
+    may access, with their modes."""
+    paths: list[Path] = []
+    if settings.is_sqlite:
+        database = make_url(settings.database_url).database
+        if database and database != ":memory:":
+            paths += [Path(database + suffix) for suffix in ("", "-wal", "-shm")]
+    if settings.keys_dir.is_dir():
+        paths += [settings.keys_dir, *sorted(settings.keys_dir.iterdir())]
+    exposed = []
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            exposed.append((path, mode))
+    return exposed
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:

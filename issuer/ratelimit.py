@@ -1,28 +1,53 @@
-"""Login rate limits: failed logins counted per user and per client address.
+"""Login throttling that holds under concurrency and that an attacker cannot aim at a victim.
 
-Counts live in a ``limits`` storage with the moving-window strategy: ``memory://`` keeps
-them in one process, ``redis://`` shares them between workers and replicas. Keys are
-namespaced (``issuer:login:user/…``) and hold SHA-256 digests, never a username or an
-address. When the storage is unreachable the limiter fails open: logins keep working
-unlimited and a warning is logged at most once a minute. An outage of the limiter's
-storage must not become an outage of logins; bcrypt still slows every guess.
+Three failure budgets (moving windows in a ``limits`` storage; OWASP Authentication Cheat
+Sheet, "Account Lockout": throttle, never lock an account an attacker can name):
+
+- per (canonical username, client address), small (``5/minute``): a guesser throttles
+  only himself, never the account's owner at another address;
+- per client address, any usernames (``30/minute``): password spraying from one address;
+- per username across all addresses, a high ceiling (``100/hour``) against a distributed
+  attack on one account. It does not apply from an address where that user logged in
+  successfully within ``known_address_days``, so the owner keeps logging in at their
+  usual place while strangers are slowed.
+
+Atomicity: :meth:`LoginLimiter.admit` takes a place in every applicable budget *before*
+bcrypt runs, each with the storage's atomic test-and-take (``MovingWindowRateLimiter.hit``:
+a lock in memory, one Lua script in Redis), so N concurrent attempts are never checked
+more often than N sequential ones. A refused attempt gives back the places it took (it
+cost no bcrypt and proves nothing); a success gives back its per-address and per-user
+places (budgets count failures), clears its (user, address) budget and remembers the
+address as known. A failure keeps its places.
+
+Keys are keyed hashes (HMAC-SHA256) of the canonical username and the address (IPv6 per
+/64), so the storage holds neither, and Redis contents alone cannot be brute-forced back
+to IPv4 addresses. The hash key must be shared by every replica sharing the storage and
+kept out of it: see :func:`hash_key_for`. When the storage is unreachable the limiter
+fails open: logins work unlimited and a warning is logged at most once a minute.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import ipaddress
 import logging
 import math
+import os
+import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import limits
 from limits.errors import StorageError
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from issuer.models import canonical_username
 from issuer.settings import redact_url
 
 log = logging.getLogger("issuer.ratelimit")
@@ -34,73 +59,168 @@ REDIS_TIMEOUT_SECONDS = 0.5
 # One IPv6 user usually holds a whole /64; counting per /128 would let them rotate freely.
 IPV6_PREFIX = 64
 _DIGEST_HEX = 32
+HASH_KEY_BYTES = 32
+HASH_KEY_FILE = "ratelimit.key"
+_SECRET_LABEL = b"issuer rate-limit key hashing v1"
+DAY = 86400
+Budget = tuple[limits.RateLimitItem, str]
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """The three failure budgets (``"5/minute"``-style strings) and the known-address memory."""
+
+    per_user_address: str = "5/minute"
+    per_address: str = "30/minute"
+    per_user: str = "100/hour"
+    known_address_days: int = 30
+
+
+@dataclass
+class Admission:
+    """The outcome of :meth:`LoginLimiter.admit`: admitted, or refused with a wait.
+
+    ``taken`` lists the budget places this attempt holds; a success hands it back.
+    """
+
+    retry_after: int | None = None
+    taken: list[Budget] = field(default_factory=list)
+    username: str = ""
+    address: str = ""
+
+    @property
+    def admitted(self) -> bool:
+        return self.retry_after is None
 
 
 class LoginLimiter:
-    """Failed-login budgets per username and per address, from strings like ``"5/minute"``."""
+    """Failed-login budgets (see the module docstring) over a ``limits`` storage.
+
+    ``storage`` and ``strategy`` are public: other budgets (password resets) share them
+    under their own namespaces.
+    """
 
     def __init__(
         self,
-        per_user: str,
-        per_address: str,
+        policy: LoginPolicy,
         storage_url: str = "memory://",
         *,
         namespace: str = "issuer",
+        hash_key: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage_url = storage_url
+        self.policy = policy
+        shared = not storage_url.startswith("memory://")
+        if hash_key is None:
+            if shared:
+                raise ValueError("a shared rate limit storage needs a shared hash key")
+            hash_key = secrets.token_bytes(HASH_KEY_BYTES)  # memory: this process only
+        self._hash_key = hash_key
         options: dict[str, float | str | bool] = {"wrap_exceptions": True}
-        if not storage_url.startswith("memory://"):
+        if shared:
             options.update(
                 key_prefix=namespace,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
-        self.storage = storage_from_string(storage_url, **options)
+        storage = storage_from_string(storage_url, **options)
+        if not isinstance(storage, Storage):  # only async:// URLs give async storages
+            raise TypeError(f"not a synchronous storage: {redact_url(storage_url)}")
+        self.storage: Storage = storage
         self.strategy = MovingWindowRateLimiter(self.storage)
         # In Redis the storage adds "<namespace>:"; in memory the item namespace is the key.
-        prefix = "login" if "key_prefix" in options else f"{namespace}:login"
-        self.per_user = _item(per_user, f"{prefix}:user")
-        self.per_address = _item(per_address, f"{prefix}:address")
+        self._prefix = "login" if shared else f"{namespace}:login"
+        self.per_user_address = _item(policy.per_user_address, f"{self._prefix}:user-address")
+        self.per_address = _item(policy.per_address, f"{self._prefix}:address")
+        self.per_user = _item(policy.per_user, f"{self._prefix}:user")
+        self._known_ttl = policy.known_address_days * DAY
         self._clock = clock
         self._lock = threading.Lock()
         self._last_warning: float | None = None
 
-    def retry_after(self, username: str, address: str) -> int | None:
-        """Seconds to wait if the user's or the address's budget is spent, else None."""
+    # -- the three steps of a login ---------------------------------------------------
+
+    def admit(self, username: str, address: str) -> Admission:
+        """Take a place in every budget that applies, atomically each, before any bcrypt.
+
+        Refused (``retry_after`` set, nothing held) when one budget is spent. After a wrong
+        password the places simply stay taken until they leave their windows.
+        """
+        name = canonical_username(username)
+        admission = Admission(username=name, address=address)
         try:
-            waits = [self._wait(item, key) for item, key in self._buckets(username, address)]
+            for item, key in self._budgets(name, address):
+                if not self.strategy.hit(item, key):
+                    wait = self._wait(item, key)
+                    self._give_back(admission.taken)
+                    return Admission(retry_after=wait, username=name, address=address)
+                admission.taken.append((item, key))
         except StorageError as exc:
             self._storage_down(exc)
-            return None
-        blocked = [w for w in waits if w is not None]
-        return max(blocked) if blocked else None
+            # Fail open; give back what was taken if the storage still answers.
+            with contextlib.suppress(StorageError):
+                self._give_back(admission.taken)
+            return Admission(username=name, address=address)
+        return admission
 
-    def record_failure(self, username: str, address: str) -> None:
-        """Count one failed login against the user and the address."""
+    def succeeded(self, admission: Admission) -> None:
+        """A right password: give back the per-address and per-user places (only failures
+        count there), clear the (user, address) budget, remember the address as known."""
         try:
-            for item, key in self._buckets(username, address):
-                self.strategy.hit(item, key)
+            self._give_back([b for b in admission.taken if b[0] is not self.per_user_address])
+            if admission.address:
+                self.strategy.clear(
+                    self.per_user_address, self._pair_key(admission.username, admission.address)
+                )
+                known = self._known_key(admission.username, admission.address)
+                # clear + incr restarts the expiry: "known" counts from the latest success.
+                self.storage.clear(known)
+                self.storage.incr(known, self._known_ttl)
         except StorageError as exc:
             self._storage_down(exc)
 
-    def record_success(self, username: str) -> None:
-        """A right password clears the user's count (the address keeps its count)."""
-        try:
-            self.strategy.clear(self.per_user, user_key(username))
-        except StorageError as exc:
-            self._storage_down(exc)
+    # -- inspection (tests, operators) -------------------------------------------------
 
-    def _buckets(self, username: str, address: str) -> Iterator[tuple[limits.RateLimitItem, str]]:
-        yield self.per_user, user_key(username)
-        if address:  # no peer address (a Unix socket): only the per-user limit applies
-            yield self.per_address, address_key(address)
+    def is_known_address(self, username: str, address: str) -> bool:
+        """True if ``username`` logged in from ``address`` within ``known_address_days``."""
+        if not address:
+            return False
+        return self.storage.get(self._known_key(canonical_username(username), address)) > 0
 
-    def _wait(self, item: limits.RateLimitItem, key: str) -> int | None:
+    def pseudonym(self, username: str) -> str:
+        """A keyed hash of the canonical username: how audit lines name unknown users."""
+        return self._digest("user", canonical_username(username))
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _budgets(self, name: str, address: str) -> list[Budget]:
+        # Cheapest refusal first and the victim's shared ceiling last: an attempt refused by
+        # its own (user, address) or address budget never touches the per-user ceiling.
+        budgets = [(self.per_user_address, self._pair_key(name, address))]
+        if address:  # no peer address (a Unix socket): no per-address budget, never known
+            budgets.append((self.per_address, self._digest("address", network_of(address))))
+        if not (address and self.storage.get(self._known_key(name, address)) > 0):
+            budgets.append((self.per_user, self._digest("user", name)))
+        return budgets
+
+    def _pair_key(self, name: str, address: str) -> str:
+        return self._digest("user-address", name, network_of(address) if address else "")
+
+    def _known_key(self, name: str, address: str) -> str:
+        return f"{self._prefix}:known/" + self._digest("known", name, network_of(address))
+
+    def _digest(self, *parts: str) -> str:
+        message = "\x00".join(parts).encode("utf-8", "surrogatepass")
+        return hmac.new(self._hash_key, message, hashlib.sha256).hexdigest()[:_DIGEST_HEX]
+
+    def _wait(self, item: limits.RateLimitItem, key: str) -> int:
         stats = self.strategy.get_window_stats(item, key)
-        if stats.remaining > 0:
-            return None
         return max(1, math.ceil(stats.reset_time - time.time()))
+
+    def _give_back(self, taken: list[Budget]) -> None:
+        for item, key in taken:
+            release_entry(self.storage, item.key_for(key))
 
     def _storage_down(self, exc: StorageError) -> None:
         now = self._clock()
@@ -118,28 +238,96 @@ class LoginLimiter:
         )
 
 
+def release_entry(storage: object, key: str) -> None:
+    """Remove the newest entry of a moving window (the inverse of one ``hit``).
+
+    ``limits`` has no such call. Both storages keep a window newest-first (a list under a
+    lock in memory, a Redis list): one pop, atomic on its own. The popped entry may be a
+    concurrent attempt's rather than ours; the count is the same and the remaining,
+    older entry leaves the window no later, so the budget is never looser than exact.
+    """
+    if isinstance(storage, MemoryStorage):
+        with storage.locks[key]:
+            events = storage.events.get(key)
+            if events:
+                events.pop(0)
+    elif isinstance(storage, RedisStorage):
+        try:
+            storage.storage.lpop(storage.prefixed_key(key))
+        except storage.base_exceptions as exc:
+            raise StorageError(exc) from exc
+    else:  # pragma: no cover - settings allow only memory:// and Redis
+        raise TypeError(f"cannot release an entry in {storage.__class__.__name__}")
+
+
 def _item(text: str, namespace: str) -> limits.RateLimitItem:
     parsed = limits.parse(text)
     return type(parsed)(parsed.amount, parsed.multiples, namespace=namespace)
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_HEX]
-
-
-def user_key(username: str) -> str:
-    """The bucket identifier of a username: a digest, so no username sits in Redis."""
-    return _digest(username)
-
-
-def address_key(address: str) -> str:
-    """The bucket identifier of an address: IPv4, or the IPv6 /64, as a digest."""
+def network_of(address: str) -> str:
+    """What an address is counted as: the IPv4 address, or the IPv6 /64 (mapped IPv4 as IPv4)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return _digest(address)
+        return address
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
-            return _digest(str(ip.ipv4_mapped))
-        return _digest(str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False)))
-    return _digest(str(ip))
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False))
+    return str(ip)
+
+
+def address_key(address: str) -> str:
+    """An unkeyed digest of an address's network, for budgets with no secret at hand."""
+    return hashlib.sha256(network_of(address).encode("utf-8", "surrogatepass")).hexdigest()[
+        :_DIGEST_HEX
+    ]
+
+
+def hash_key_for(storage_url: str, secret: str | None, keys_dir: Path) -> bytes | None:
+    """The key of the limiter's keyed hashes: shared by every replica, never in the storage.
+
+    - ``memory://``: None (the limiter draws a random key; its counts are per process).
+    - with an HS256 secret (``ISSUER_SECRET_KEY``), which every replica already shares:
+      HMAC-SHA256 of a fixed label under that secret.
+    - otherwise ``<keys_dir>/ratelimit.key``: 32 random bytes, created 0600 by the first
+      process that needs it, shared like the signing keys in ``keys/``.
+    """
+    if storage_url.startswith("memory://"):
+        return None
+    if secret is not None:
+        return hmac.new(secret.encode("utf-8"), _SECRET_LABEL, hashlib.sha256).digest()
+    return load_or_create_key_file(keys_dir / HASH_KEY_FILE)
+
+
+def load_or_create_key_file(path: Path) -> bytes:
+    """Read a random key file, creating it (0600, directory 0700) if it does not exist.
+
+    Created in a temporary file and published with ``link``, which fails if another
+    process got there first: every process ends up with the same, complete key.
+    """
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(HASH_KEY_BYTES))
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won: use its key
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    data = path.read_bytes()
+    if len(data) < HASH_KEY_BYTES:
+        raise ValueError(f"{path} holds {len(data)} bytes; expected {HASH_KEY_BYTES}")
+    return data

@@ -107,14 +107,21 @@ class Settings:
     key_reload_interval: float = 1.0
     db_pool_size: int = 5
     purge_interval: int = 3600
-    login_failures_per_user: str = "5/minute"
+    login_failures_per_user_address: str = "5/minute"
     login_failures_per_address: str = "30/minute"
+    login_failures_per_user: str = "100/hour"
+    known_address_days: int = 30
     rate_limit_storage: str = "memory://"
     rate_limit_key_prefix: str = "issuer"
     trusted_proxies: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    http_max_header_bytes: int = 16384
+    http_max_headers: int = 100
+    http_request_timeout: float = 10.0
+    http_keep_alive_timeout: int = 5
+    http_limit_concurrency: int = 256
     secret_key: Secret | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -370,6 +377,11 @@ def _validate(s: Settings) -> list[str]:
         ("purge_interval", 0, 7 * 86400),
         ("port", 1, 65535),
         ("workers", 1, 64),
+        ("known_address_days", 0, 365),
+        ("http_max_header_bytes", 1024, 1024 * 1024),
+        ("http_max_headers", 10, 1000),
+        ("http_keep_alive_timeout", 1, 300),
+        ("http_limit_concurrency", 1, 100_000),
     ):
         value = getattr(s, name)
         if not low <= value <= high:
@@ -392,12 +404,23 @@ def _validate(s: Settings) -> list[str]:
     if s.user_store and ":" not in s.user_store:
         problems.append("user_store: must be an import path like 'package.module:factory'")
     problems.extend(_rate_limit_problems(s))
+    problems.extend(_http_problems(s))
     return problems
+
+
+def _http_problems(s: Settings) -> list[str]:
+    if not 1.0 <= s.http_request_timeout <= 300.0:
+        return ["http_request_timeout: must be between 1 and 300 seconds"]
+    return []
 
 
 def _rate_limit_problems(s: Settings) -> list[str]:
     problems: list[str] = []
-    for name in ("login_failures_per_user", "login_failures_per_address"):
+    for name in (
+        "login_failures_per_user_address",
+        "login_failures_per_address",
+        "login_failures_per_user",
+    ):
         problem = limit_problem(getattr(s, name))
         if problem:
             problems.append(f"{name}: {problem}")

@@ -13,13 +13,17 @@ import base64
 import json
 import logging
 import random
-from urllib.parse import quote_from_bytes
+import re
+from urllib.parse import quote_from_bytes, urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from issuer.app import create_app
 from issuer.models import AuthMethod
+from issuer.oauth.server import KNOWN_PARAMETERS
 from issuer.store.schema import refresh_tokens, revoked_access_tokens
 from tests.conftest import PASSWORD, add_client, add_user
 
@@ -62,6 +66,16 @@ def assert_json_client_error(response) -> dict:
     return body
 
 
+# RFC 6749 §5.2: error_description = 1*( %x20-21 / %x23-5B / %x5D-7E ).
+DESCRIPTION = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def assert_description_is_rfc6749_text(body: dict) -> None:
+    description = body.get("error_description")
+    if description is not None:
+        assert DESCRIPTION.fullmatch(description), description
+
+
 HARMLESS_SUCCESS = {"/oauth/revoke": {}, "/oauth/introspect": {"active": False}}
 
 
@@ -70,7 +84,7 @@ def assert_refused(path: str, response) -> None:
     if response.status_code == 200 and path in HARMLESS_SUCCESS:
         assert response.json() == HARMLESS_SUCCESS[path]
     else:
-        assert_json_client_error(response)
+        assert_description_is_rfc6749_text(assert_json_client_error(response))
 
 
 # -- hostile bodies --------------------------------------------------------------------
@@ -163,6 +177,105 @@ def test_random_bytes_never_crash_an_endpoint(client, components, world):
         assert response.status_code < 500, (path, body)
         assert_refused(path, response)
     assert snapshot(components) == before
+
+
+# -- error descriptions never echo what the client sent --------------------------------------
+
+UNSPEAKABLE_NAMES = {
+    "non-ASCII": "%C3%A9",
+    "double quote": "%22",
+    "backslash": "%5C",
+    "control character": "%1B",
+    "DEL": "%7F",
+    "emoji": "%F0%9F%94%91",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("path", POST_ENDPOINTS)
+@pytest.mark.parametrize("name", UNSPEAKABLE_NAMES)
+def test_a_repeated_parameter_whose_name_rfc6749_cannot_carry_is_a_400(
+    client, components, world, path, name
+):
+    """Why: '%C3%A9=1&%C3%A9=2' answered 500 (the name went into error_description)."""
+    encoded = UNSPEAKABLE_NAMES[name]
+    before = snapshot(components)
+    response = client.post(
+        path,
+        content=f"{encoded}=1&{encoded}=2&token=x&grant_type=password".encode(),
+        headers={"Content-Type": FORM},
+        auth=("webapp", world["secret"]),
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "invalid_request",
+        "error_description": "A parameter is repeated.",
+    }
+    assert snapshot(components) == before
+
+
+@pytest.mark.parametrize("path", POST_ENDPOINTS)
+def test_a_repeated_parameter_of_ours_is_named(client, world, path):
+    response = client.post(
+        path,
+        content=b"token=x&scope=a&scope=b",
+        headers={"Content-Type": FORM},
+        auth=("webapp", world["secret"]),
+    )
+    assert response.json() == {
+        "error": "invalid_request",
+        "error_description": "The 'scope' parameter is repeated.",
+    }
+
+
+@pytest.mark.parametrize("grant_type", ["é", 'a"b', "a\\b", "\x1b[31m", "password\n"])
+def test_an_unknown_grant_type_is_described_in_rfc6749_text(client, world, grant_type):
+    response = client.post(
+        "/oauth/token", data={"grant_type": grant_type}, auth=("webapp", world["secret"])
+    )
+    body = assert_json_client_error(response)
+    assert body["error"] == "unsupported_grant_type"
+    assert_description_is_rfc6749_text(body)
+
+
+# Names the endpoints read, names nobody reads, and the empty name; values from all of
+# Unicode (Hypothesis' text() excludes only surrogates, which UTF-8 cannot carry).
+FORM_NAMES = st.one_of(st.sampled_from(sorted(KNOWN_PARAMETERS)), st.just(""), st.text(max_size=12))
+FORM_PAIRS = st.lists(st.tuples(FORM_NAMES, st.text(max_size=40)), max_size=8)
+
+
+@st.composite
+def form_bodies(draw: st.DrawFn) -> bytes:
+    """A form body: pairs, sometimes with a pair repeated, percent-encoded or sent raw."""
+    pairs = draw(FORM_PAIRS)
+    if pairs and draw(st.booleans()):
+        pairs.append(draw(st.sampled_from(pairs)))
+    if draw(st.booleans()):
+        return urlencode(pairs).encode("ascii")
+    return "&".join(f"{name}={value}" for name, value in pairs).encode("utf-8")
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    path=st.sampled_from(POST_ENDPOINTS),
+    body=form_bodies(),
+    authenticated=st.booleans(),
+)
+def test_no_generated_form_body_gets_a_5xx(client, world, path, body, authenticated):
+    """Property: whatever the form, every POST endpoint answers below 500, in RFC 6749 text."""
+    response = client.post(
+        path,
+        content=body,
+        headers={"Content-Type": FORM},
+        auth=("webapp", world["secret"]) if authenticated else None,
+    )
+    assert response.status_code < 500, (path, body, response.text)
+    assert_refused(path, response)
 
 
 # -- hostile Authorization headers ----------------------------------------------------------

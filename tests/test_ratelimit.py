@@ -1,4 +1,4 @@
-"""LoginLimiter over memory:// and over a real Redis, plus its settings.
+"""LoginLimiter over memory:// and over a real Redis, its hash key, and its settings.
 
 Redis tests use ``ISSUER_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``), a
 random key namespace per test, and delete only that namespace afterwards. Where Redis
@@ -8,17 +8,30 @@ where they fail instead.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 import redis
+from limits.errors import StorageError
 
 from issuer.errors import ConfigError
-from issuer.ratelimit import LoginLimiter, address_key, user_key
+from issuer.ratelimit import (
+    LoginLimiter,
+    LoginPolicy,
+    address_key,
+    hash_key_for,
+    network_of,
+    release_entry,
+)
 from issuer.settings import load_settings
 from tests.conftest import require_service
 
@@ -66,118 +79,254 @@ def redis_keys(namespace: str) -> list[str]:
         connection.close()
 
 
+HASH_KEY = b"k" * 32
+POLICY = LoginPolicy(per_user_address="3/minute", per_address="10/minute", per_user="20/hour")
+
+
 @pytest.fixture(params=["memory", "redis"])
 def make_limiter(request) -> Callable[..., LoginLimiter]:
     """LoginLimiter factory over memory:// or the test Redis (same namespace per test)."""
     if request.param == "memory":
-        return lambda per_user="3/minute", per_address="10/minute": LoginLimiter(
-            per_user, per_address, "memory://"
-        )
+        return lambda **policy: LoginLimiter(replace(POLICY, **policy), "memory://")
     namespace = request.getfixturevalue("redis_namespace")
-    return lambda per_user="3/minute", per_address="10/minute": LoginLimiter(
-        per_user, per_address, REDIS_URL, namespace=namespace
+    return lambda **policy: LoginLimiter(
+        replace(POLICY, **policy), REDIS_URL, namespace=namespace, hash_key=HASH_KEY
     )
+
+
+def fail(limiter: LoginLimiter, username: str, address: str, times: int = 1) -> None:
+    """``times`` wrong passwords, each admitted first (as the grant does)."""
+    for _ in range(times):
+        admission = limiter.admit(username, address)
+        assert admission.admitted, f"attempt refused early ({username}, {address})"
+
+
+def succeed(limiter: LoginLimiter, username: str, address: str) -> None:
+    admission = limiter.admit(username, address)
+    assert admission.admitted
+    limiter.succeeded(admission)
+
+
+def refused(limiter: LoginLimiter, username: str, address: str) -> int | None:
+    """The wait if the attempt is refused, else None (an admitted attempt is given back)."""
+    admission = limiter.admit(username, address)
+    if admission.admitted:
+        limiter.succeeded(admission)
+        return None
+    return admission.retry_after
 
 
 # -- the budgets ----------------------------------------------------------------
 
 
-def test_failures_below_the_limit_do_not_block(make_limiter):
+def test_failures_below_every_budget_do_not_block(make_limiter):
     limiter = make_limiter()
-    for _ in range(2):
-        limiter.record_failure("alice", "192.0.2.1")
-    assert limiter.retry_after("alice", "192.0.2.1") is None
+    fail(limiter, "alice", "192.0.2.1", 2)
+    assert refused(limiter, "alice", "192.0.2.1") is None
 
 
-def test_a_user_is_blocked_after_its_failures_from_any_address(make_limiter):
-    limiter = make_limiter(per_user="3/minute")
-    for address in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
-        limiter.record_failure("alice", address)
-    wait = limiter.retry_after("alice", "198.51.100.7")
+def test_a_user_and_address_pair_is_refused_after_its_small_budget(make_limiter):
+    limiter = make_limiter(per_user_address="3/minute")
+    fail(limiter, "alice", "203.0.113.9", 3)
+    wait = refused(limiter, "alice", "203.0.113.9")
     assert wait is not None
     assert 1 <= wait <= 60
-    assert limiter.retry_after("bob", "198.51.100.7") is None
+    # The attacker throttled himself only: alice elsewhere, and bob from there, go on.
+    assert refused(limiter, "alice", "198.51.100.7") is None
+    assert refused(limiter, "bob", "203.0.113.9") is None
 
 
-def test_an_address_is_blocked_after_failures_across_usernames(make_limiter):
-    limiter = make_limiter(per_user="3/minute", per_address="3/minute")
+def test_the_pair_budget_is_counted_on_the_canonical_username(make_limiter):
+    limiter = make_limiter(per_user_address="3/minute")
+    for name in ("alice", "ALICE", "\uff41\uff4c\uff49\uff43\uff45"):
+        fail(limiter, name, "203.0.113.9")
+    assert refused(limiter, "Alice", "203.0.113.9") is not None
+
+
+def test_an_address_is_refused_after_failures_across_usernames(make_limiter):
+    limiter = make_limiter(per_address="3/minute")
     for username in ("alice", "bob", "carol"):
-        limiter.record_failure(username, "203.0.113.9")
-    wait = limiter.retry_after("dave", "203.0.113.9")
+        fail(limiter, username, "203.0.113.9")
+    wait = refused(limiter, "dave", "203.0.113.9")
     assert wait is not None
     assert 1 <= wait <= 60
-    assert limiter.retry_after("dave", "203.0.113.10") is None
-    assert limiter.retry_after("alice", "203.0.113.10") is None
+    assert refused(limiter, "dave", "203.0.113.10") is None
 
 
-def test_a_success_clears_the_users_count_but_not_the_addresss(make_limiter):
-    limiter = make_limiter(per_user="3/minute", per_address="4/minute")
-    for _ in range(3):
-        limiter.record_failure("alice", "192.0.2.1")
-    assert limiter.retry_after("alice", "192.0.2.50") is not None
-    limiter.record_success("alice")
-    assert limiter.retry_after("alice", "192.0.2.50") is None
-    limiter.record_failure("bob", "192.0.2.1")
-    assert limiter.retry_after("carol", "192.0.2.1") is not None
+def test_the_per_user_ceiling_holds_across_addresses_but_not_at_a_known_address(make_limiter):
+    limiter = make_limiter(per_user="4/hour")
+    succeed(limiter, "alice", "198.51.100.7")  # alice's usual place
+    for last in range(1, 5):
+        fail(limiter, "alice", f"203.0.113.{last}")
+    assert refused(limiter, "alice", "192.0.2.200") is not None  # a stranger's new address
+    assert refused(limiter, "alice", "198.51.100.7") is None  # the owner at home
+    assert limiter.is_known_address("alice", "198.51.100.7")
+    assert not limiter.is_known_address("alice", "192.0.2.200")
+    assert not limiter.is_known_address("bob", "198.51.100.7")
+
+
+def test_a_success_clears_its_pair_and_gives_back_its_other_places(make_limiter):
+    limiter = make_limiter(per_user_address="3/minute", per_address="3/minute")
+    fail(limiter, "alice", "192.0.2.1", 2)
+    succeed(limiter, "alice", "192.0.2.1")
+    # The pair is cleared, and the success took nothing from the address's failure budget:
+    # one more failure leaves room (3 failures), the next is refused.
+    fail(limiter, "bob", "192.0.2.1")
+    assert refused(limiter, "carol", "192.0.2.1") is not None
+
+
+def test_many_successes_from_one_address_spend_no_failure_budget(make_limiter):
+    limiter = make_limiter(per_address="2/minute", per_user="2/hour")
+    for name in ("alice", "bob", "carol", "dave", "erin", "frank"):
+        succeed(limiter, name, "192.0.2.1")
+    fail(limiter, "alice", "192.0.2.1")
+    assert refused(limiter, "alice", "192.0.2.1") is None
+
+
+def test_a_refused_attempt_holds_no_place(make_limiter):
+    limiter = make_limiter(per_user_address="2/minute", per_address="10/minute", per_user="3/hour")
+    fail(limiter, "alice", "192.0.2.1", 2)
+    for _ in range(
+        20
+    ):  # refused by the pair budget: the address and user budgets stay as they were
+        assert refused(limiter, "alice", "192.0.2.1") is not None
+    fail(limiter, "alice", "192.0.2.2")
+    assert refused(limiter, "alice", "192.0.2.3") is not None  # 3 real failures: the ceiling
 
 
 def test_a_block_lifts_when_the_oldest_failure_leaves_the_window(make_limiter):
-    limiter = make_limiter(per_user="2/second")
-    limiter.record_failure("alice", "192.0.2.1")
-    limiter.record_failure("alice", "192.0.2.1")
-    assert limiter.retry_after("alice", "192.0.2.1") == 1
+    limiter = make_limiter(per_user_address="2/second")
+    fail(limiter, "alice", "192.0.2.1", 2)
+    assert refused(limiter, "alice", "192.0.2.1") == 1
     deadline = time.monotonic() + 5
-    while limiter.retry_after("alice", "192.0.2.1") is not None:
+    while refused(limiter, "alice", "192.0.2.1") is not None:
         assert time.monotonic() < deadline, "the block never lifted"
         time.sleep(0.1)
 
 
-def test_without_an_address_only_the_user_budget_applies(make_limiter):
-    limiter = make_limiter(per_user="3/minute", per_address="1/minute")
-    limiter.record_failure("alice", "")
-    limiter.record_failure("bob", "")
-    assert limiter.retry_after("carol", "") is None
-    limiter.record_failure("alice", "")
-    limiter.record_failure("alice", "")
-    assert limiter.retry_after("alice", "") is not None
+def test_without_an_address_the_pair_and_user_budgets_apply(make_limiter):
+    limiter = make_limiter(per_user_address="2/minute", per_address="1/minute")
+    fail(limiter, "alice", "")
+    fail(limiter, "bob", "")
+    assert refused(limiter, "carol", "") is None
+    fail(limiter, "alice", "")
+    assert refused(limiter, "alice", "") is not None
+    assert not limiter.is_known_address("alice", "")
+
+
+def test_concurrent_admissions_never_exceed_the_budget(make_limiter):
+    limiter = make_limiter(per_user_address="5/minute")
+    barrier = threading.Barrier(40)
+
+    def attempt(_: int) -> bool:
+        barrier.wait()
+        return limiter.admit("alice", "203.0.113.9").admitted
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        admitted = sum(pool.map(attempt, range(40)))
+    assert admitted == 5
 
 
 def test_addresses_in_one_ipv6_64_share_a_budget_and_mapped_ipv4_is_ipv4():
-    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff::9")
-    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+    assert network_of("2001:db8:1:2::1") == network_of("2001:db8:1:2:ffff::9")
+    assert network_of("2001:db8:1:2::1") != network_of("2001:db8:1:3::1")
+    assert network_of("::ffff:192.0.2.1") == "192.0.2.1"
     assert address_key("::ffff:192.0.2.1") == address_key("192.0.2.1")
-    limiter = LoginLimiter("10/minute", "2/minute")
-    limiter.record_failure("alice", "2001:db8:1:2::1")
-    limiter.record_failure("bob", "2001:db8:1:2::2")
-    assert limiter.retry_after("carol", "2001:db8:1:2::3") is not None
-    assert limiter.retry_after("carol", "2001:db8:1:3::3") is None
+    limiter = LoginLimiter(replace(POLICY, per_address="2/minute"))
+    fail(limiter, "alice", "2001:db8:1:2::1")
+    fail(limiter, "bob", "2001:db8:1:2::2")
+    assert refused(limiter, "carol", "2001:db8:1:2::3") is not None
+    assert refused(limiter, "carol", "2001:db8:1:3::3") is None
+
+
+def test_release_entry_gives_back_exactly_one_place(make_limiter):
+    limiter = make_limiter()
+    item = limiter.per_address
+    for _ in range(3):
+        assert limiter.strategy.hit(item, "x")
+    release_entry(limiter.storage, item.key_for("x"))
+    assert limiter.strategy.get_window_stats(item, "x").remaining == item.amount - 2
 
 
 # -- Redis: keys and replicas ---------------------------------------------------------
 
 
-def test_redis_keys_are_namespaced_and_hold_no_username_or_address(redis_namespace):
-    limiter = LoginLimiter("3/minute", "10/minute", REDIS_URL, namespace=redis_namespace)
-    limiter.record_failure("alice@example.com", "203.0.113.9")
+def test_redis_keys_are_namespaced_keyed_hashes_of_no_username_or_address(redis_namespace):
+    limiter = LoginLimiter(POLICY, REDIS_URL, namespace=redis_namespace, hash_key=HASH_KEY)
+    succeed(limiter, "alice@example.com", "203.0.113.9")
+    fail(limiter, "alice@example.com", "198.51.100.1")
     keys = redis_keys(redis_namespace)
-    assert len(keys) == 2
-    assert any(k.startswith(f"{redis_namespace}:login:user/") for k in keys)
-    assert any(k.startswith(f"{redis_namespace}:login:address/") for k in keys)
-    assert any(user_key("alice@example.com") in k for k in keys)
+    kinds = ("known", "user-address", "address", "user")
+    assert {k.split("/")[0] for k in keys} == {f"{redis_namespace}:login:{k}" for k in kinds}
+    unkeyed = hashlib.sha256(b"203.0.113.9").hexdigest()[:16]
     for key in keys:
         assert "alice" not in key
         assert "203.0.113.9" not in key
+        assert unkeyed not in key
+    known = [k for k in keys if ":login:known/" in k]
+    assert len(known) == 1
+    connection = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert 29 * 86400 < connection.ttl(known[0]) <= 30 * 86400
+    finally:
+        connection.close()
 
 
-def test_two_limiters_sharing_a_redis_share_the_counts(redis_namespace):
-    replica_a = LoginLimiter("3/minute", "10/minute", REDIS_URL, namespace=redis_namespace)
-    replica_b = LoginLimiter("3/minute", "10/minute", REDIS_URL, namespace=redis_namespace)
-    replica_a.record_failure("alice", "192.0.2.1")
-    replica_b.record_failure("alice", "192.0.2.2")
-    replica_a.record_failure("alice", "192.0.2.3")
-    assert replica_b.retry_after("alice", "192.0.2.4") is not None
-    replica_b.record_success("alice")
-    assert replica_a.retry_after("alice", "192.0.2.4") is None
+def test_two_limiters_sharing_a_redis_and_a_key_share_the_counts(redis_namespace):
+    replica_a = LoginLimiter(POLICY, REDIS_URL, namespace=redis_namespace, hash_key=HASH_KEY)
+    replica_b = LoginLimiter(POLICY, REDIS_URL, namespace=redis_namespace, hash_key=HASH_KEY)
+    fail(replica_a, "alice", "192.0.2.1")
+    fail(replica_b, "alice", "192.0.2.1")
+    fail(replica_a, "alice", "192.0.2.1")
+    assert refused(replica_b, "alice", "192.0.2.1") is not None
+    succeed(replica_b, "alice", "192.0.2.9")
+    assert replica_a.is_known_address("alice", "192.0.2.9")
+    other_key = LoginLimiter(POLICY, REDIS_URL, namespace=redis_namespace, hash_key=b"o" * 32)
+    assert not other_key.is_known_address("alice", "192.0.2.9")
+
+
+def test_a_shared_storage_refuses_to_run_without_a_shared_hash_key():
+    with pytest.raises(ValueError, match="hash key"):
+        LoginLimiter(POLICY, REDIS_URL)
+
+
+# -- the hash key ----------------------------------------------------------------------
+
+
+def test_memory_storage_needs_no_hash_key(tmp_path):
+    assert hash_key_for("memory://", "s" * 40, tmp_path / "keys") is None
+    assert not (tmp_path / "keys").exists()
+
+
+def test_the_hash_key_derives_from_the_hs256_secret_when_there_is_one(tmp_path):
+    key = hash_key_for(REDIS_URL, "a-secret-" * 5, tmp_path / "keys")
+    assert key == hash_key_for(REDIS_URL, "a-secret-" * 5, tmp_path / "other")
+    assert key != hash_key_for(REDIS_URL, "b-secret-" * 5, tmp_path / "keys")
+    assert key is not None and len(key) == 32 and b"a-secret" not in key
+    assert not (tmp_path / "keys").exists()
+
+
+def test_without_a_secret_the_hash_key_is_one_file_in_keys_shared_by_every_process(tmp_path):
+    keys_dir = tmp_path / "keys"
+    barrier = threading.Barrier(8)
+
+    def load(_: int) -> bytes | None:
+        barrier.wait()
+        return hash_key_for(REDIS_URL, None, keys_dir)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        keys = set(pool.map(load, range(8)))
+    assert len(keys) == 1
+    assert [p.name for p in keys_dir.iterdir()] == ["ratelimit.key"]
+    assert stat.S_IMODE((keys_dir / "ratelimit.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys_dir.stat().st_mode) == 0o700
+    assert keys == {hash_key_for(REDIS_URL, None, keys_dir)}
+
+
+def test_a_truncated_hash_key_file_is_refused(tmp_path):
+    (tmp_path / "ratelimit.key").write_bytes(b"short")
+    with pytest.raises(ValueError, match="expected 32"):
+        hash_key_for(REDIS_URL, None, tmp_path)
 
 
 # -- an unreachable storage -------------------------------------------------------------
@@ -193,20 +342,48 @@ class Clock:
 
 def test_an_unreachable_storage_fails_open_and_warns_once_a_minute(caplog):
     clock = Clock()
-    limiter = LoginLimiter("1/minute", "1/minute", "redis://:hunter2-pw@127.0.0.1:1/0", clock=clock)
+    limiter = LoginLimiter(
+        LoginPolicy("1/minute", "1/minute", "1/hour"),
+        "redis://:hunter2-pw@127.0.0.1:1/0",
+        hash_key=HASH_KEY,
+        clock=clock,
+    )
     caplog.set_level(logging.WARNING, logger="issuer.ratelimit")
     for _ in range(5):
-        limiter.record_failure("alice", "192.0.2.1")
-        assert limiter.retry_after("alice", "192.0.2.1") is None
-    limiter.record_success("alice")
+        fail(limiter, "alice", "192.0.2.1")
+    succeed(limiter, "alice", "192.0.2.1")
     warnings = [r for r in caplog.records if r.name == "issuer.ratelimit"]
     assert len(warnings) == 1
     assert "NOT enforced" in warnings[0].getMessage()
     clock.now += 61
-    assert limiter.retry_after("alice", "192.0.2.1") is None
+    assert refused(limiter, "alice", "192.0.2.1") is None
     assert len([r for r in caplog.records if r.name == "issuer.ratelimit"]) == 2
     assert "hunter2-pw" not in caplog.text
     assert "127.0.0.1:1" in caplog.text
+
+
+def test_a_storage_failing_midway_through_an_admission_fails_open(monkeypatch, caplog):
+    """The first budget taken, the storage dies: the login proceeds, and nothing raises
+    even though the place taken cannot be given back."""
+    limiter = LoginLimiter(POLICY)
+    real_hit = limiter.strategy.hit
+    calls: list[int] = []
+
+    def dying_hit(item, *identifiers, cost=1):
+        calls.append(1)
+        if len(calls) > 1:
+            raise StorageError(ConnectionError("gone"))
+        return real_hit(item, *identifiers, cost=cost)
+
+    def dead_release(storage, key):
+        raise StorageError(ConnectionError("gone"))
+
+    monkeypatch.setattr(limiter.strategy, "hit", dying_hit)
+    monkeypatch.setattr("issuer.ratelimit.release_entry", dead_release)
+    admission = limiter.admit("alice", "192.0.2.1")
+    assert admission.admitted
+    assert admission.taken == []
+    assert "NOT enforced" in caplog.text
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -222,10 +399,12 @@ def _empty_toml() -> str:
     return os.path.join(os.path.dirname(__file__), "empty.toml")
 
 
-def test_rate_limit_defaults_are_five_per_user_and_thirty_per_address_in_memory():
+def test_rate_limit_defaults_are_the_documented_policy_in_memory():
     settings = load_settings({}, path=_empty_toml())
-    assert settings.login_failures_per_user == "5/minute"
+    assert settings.login_failures_per_user_address == "5/minute"
     assert settings.login_failures_per_address == "30/minute"
+    assert settings.login_failures_per_user == "100/hour"
+    assert settings.known_address_days == 30
     assert settings.rate_limit_storage == "memory://"
     assert settings.trusted_proxies == ()
 
@@ -234,6 +413,8 @@ def test_rate_limit_settings_are_read_from_the_environment():
     settings = load_settings(
         {
             "ISSUER_LOGIN_FAILURES_PER_USER": "10 per hour",
+            "ISSUER_LOGIN_FAILURES_PER_USER_ADDRESS": "3/minute",
+            "ISSUER_KNOWN_ADDRESS_DAYS": "7",
             "ISSUER_LOGIN_FAILURES_PER_ADDRESS": "100/day",
             "ISSUER_RATE_LIMIT_STORAGE": "redis://cache:6379/2",
             "ISSUER_TRUSTED_PROXIES": "10.0.0.0/8, 2001:db8::/32",
@@ -241,6 +422,8 @@ def test_rate_limit_settings_are_read_from_the_environment():
         path=_empty_toml(),
     )
     assert settings.login_failures_per_user == "10 per hour"
+    assert settings.login_failures_per_user_address == "3/minute"
+    assert settings.known_address_days == 7
     assert settings.login_failures_per_address == "100/day"
     assert settings.rate_limit_storage == "redis://cache:6379/2"
     assert settings.trusted_proxies == ("10.0.0.0/8", "2001:db8::/32")
@@ -250,9 +433,19 @@ def test_rate_limit_settings_are_read_from_the_environment():
     "bad", ["five per minute", "5/fortnight", "0/minute", "", "5/minute;9/hour"]
 )
 def test_invalid_limits_are_named(bad):
-    problems = settings_problems(login_failures_per_user=bad, login_failures_per_address=bad)
+    problems = settings_problems(
+        login_failures_per_user=bad,
+        login_failures_per_address=bad,
+        login_failures_per_user_address=bad,
+    )
     assert "login_failures_per_user:" in problems
     assert "login_failures_per_address:" in problems
+    assert "login_failures_per_user_address:" in problems
+
+
+@pytest.mark.parametrize("bad", ["-1", "366", "thirty"])
+def test_invalid_known_address_days_are_named(bad):
+    assert "known_address_days:" in settings_problems(known_address_days=bad)
 
 
 @pytest.mark.parametrize(

@@ -36,9 +36,9 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
     """Resource Owner Password Credentials, RFC 6749 §4.3 (first-party apps only, RFC 9700 §2.4).
 
     Every failed login (unknown user, wrong/empty/over-long password, disabled user)
-    spends exactly one bcrypt check and gets the same ``invalid_grant`` answer, and counts
-    against the user's and the address's failure budgets; once one is spent the answer
-    is 429 with ``Retry-After`` before any bcrypt work.
+    spends exactly one bcrypt check and gets the same ``invalid_grant`` answer. Each
+    attempt first takes its place in the failure budgets (:mod:`issuer.ratelimit`);
+    once one is spent the answer is 429 with ``Retry-After`` before any bcrypt work.
     """
 
     GRANT_TYPE = "password"
@@ -61,7 +61,7 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
         if user is None:
             self.server.on_login_failure(self.request, username)
             raise InvalidGrantError(BAD_CREDENTIALS)
-        self.server.on_login_success(username)
+        self.server.on_login_success(self.request, username)
         self.request.user = user
 
     def authenticate_user(self, username: str, password: str) -> User | None:

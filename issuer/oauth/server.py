@@ -21,7 +21,7 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Request,
 )
 
-from issuer.models import RefreshRecord, User
+from issuer.models import RefreshRecord, User, canonical_username
 from issuer.oauth.clients import (
     ClientAuthenticationError,
     OAuthClient,
@@ -52,6 +52,22 @@ NO_STORE_HEADERS = [
     ("Pragma", "no-cache"),
 ]
 LoginFailureHook = Callable[[HttpRequest, str], None]
+# The parameters this issuer reads. Only these are ever named in an error description:
+# RFC 6749 §5.2 allows only printable ASCII without a quote or backslash there (Authlib raises on
+# anything else), so a client's own parameter names are described, never echoed.
+KNOWN_PARAMETERS = frozenset(
+    {
+        "grant_type",
+        "username",
+        "password",
+        "scope",
+        "refresh_token",
+        "client_id",
+        "client_secret",
+        "token",
+        "token_type_hint",
+    }
+)
 
 
 def silence_authlib_token_logging() -> None:
@@ -305,28 +321,48 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         return list(NO_STORE_HEADERS)
 
     def check_login_allowed(self, request: OAuth2Request, username: str) -> None:
-        """Refuse (429) a login whose user or address spent its failure budget; no bcrypt."""
+        """Take this attempt's places in the failure budgets before bcrypt, or refuse (429).
+
+        The admission rides on the request until :meth:`on_login_success` hands it back.
+        """
         if self.limiter is None:
             return
-        wait = self.limiter.retry_after(username, client_ip(request))
-        if wait is not None:
+        address = client_ip(request)
+        admission = self.limiter.admit(username, address)
+        if admission.retry_after is not None:
             audit.warning(
-                "login refused: too many failures client_id=%s retry_after=%d",
+                "login refused: too many failures %s address=%s client_id=%s retry_after=%d",
+                self._audit_user(username),
+                address or "-",
                 request.client.get_client_id(),
-                wait,
+                admission.retry_after,
             )
-            raise TooManyRequestsError(wait)
+            raise TooManyRequestsError(admission.retry_after)
+        request.login_admission = admission
 
     def on_login_failure(self, request: OAuth2Request, username: str) -> None:
-        audit.info("login failed client_id=%s", request.client.get_client_id())
-        if self.limiter is not None:
-            self.limiter.record_failure(username, client_ip(request))
+        audit.info(
+            "login failed %s address=%s client_id=%s",
+            self._audit_user(username),
+            client_ip(request) or "-",
+            request.client.get_client_id(),
+        )
         if self.login_failure_hook is not None and isinstance(request, IssuerOAuth2Request):
             self.login_failure_hook(request.http, username)
 
-    def on_login_success(self, username: str) -> None:
+    def on_login_success(self, request: OAuth2Request, username: str) -> None:
+        admission = getattr(request, "login_admission", None)
+        if self.limiter is not None and admission is not None:
+            self.limiter.succeeded(admission)
+
+    def _audit_user(self, username: str) -> str:
+        """``user=<canonical name>`` for an existing user; for any other name a keyed hash
+        (``user_hash=…``): a mistyped password in the username field must not reach a log."""
+        if username and self.users.get_by_username(username) is not None:
+            return f"user={canonical_username(username)}"
         if self.limiter is not None:
-            self.limiter.record_success(username)
+            return f"user_hash={self.limiter.pseudonym(username)}"
+        return "user_hash=-"
 
     def on_refresh_reuse(self, record: RefreshRecord, reason: str) -> None:
         revoked = self.store.revoke_family(record.family_id, self.tokens.now())
@@ -360,6 +396,11 @@ def client_ip(request: OAuth2Request) -> str:
     return request.http.client_ip if isinstance(request, IssuerOAuth2Request) else ""
 
 
+def parameter_label(name: str) -> str:
+    """How an error description names parameter `name`: by name only if it is one of ours."""
+    return f"The '{name}' parameter" if name in KNOWN_PARAMETERS else "A parameter"
+
+
 def check_form_request(request: HttpRequest) -> None:
     """RFC 6749 §3.2 / §2.3: form body only, each parameter once, one client auth method."""
     if request.method != "POST":
@@ -373,7 +414,7 @@ def check_form_request(request: HttpRequest) -> None:
     seen: set[str] = set()
     for name, _ in request.form:
         if name in seen:
-            raise InvalidRequestError(f"The '{name}' parameter is repeated.")
+            raise InvalidRequestError(f"{parameter_label(name)} is repeated.")
         seen.add(name)
     form = dict(request.form)
     header = request.headers.get("Authorization", "")

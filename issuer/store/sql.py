@@ -15,6 +15,8 @@ number of concurrent rotations of one token exactly one wins:
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +43,7 @@ from issuer.models import AuthMethod, Client, RefreshRecord, Role, User
 from issuer.store.schema import clients, refresh_tokens, revoked_access_tokens, users
 
 SQLITE_BUSY_TIMEOUT_S = 30
+_UMASK_LOCK = threading.Lock()
 
 # Execution option read by the SQLite "begin" hook: how to open a transaction.
 _SQLITE_BEGIN = "issuer_sqlite_begin"
@@ -84,6 +87,8 @@ def make_engine(database_url: str, pool_size: int = 5) -> Engine:
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
             **sizes,
         )
+        if not in_memory:
+            event.listen(engine, "do_connect", _sqlite_connect_privately)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -105,6 +110,21 @@ def make_engine(database_url: str, pool_size: int = 5) -> Engine:
 def writer(engine: Engine) -> Engine:
     """``engine`` for transactions that write: ``BEGIN IMMEDIATE`` on SQLite."""
     return engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+
+
+def _sqlite_connect_privately(
+    dialect: Any, _record: ConnectionPoolEntry, cargs: Any, cparams: Any
+) -> Any:
+    """Connect under umask 077, so a database file this creates is 0600 whatever the
+    directory's mode: it holds bcrypt hashes. SQLite gives its -wal and -shm files the
+    database file's mode. The umask is process-wide, hence the lock; while it is held,
+    other threads creating files get stricter modes, never looser ones."""
+    with _UMASK_LOCK:
+        previous = os.umask(0o077)
+        try:
+            return dialect.connect(*cargs, **cparams)
+        finally:
+            os.umask(previous)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
