@@ -8,6 +8,7 @@ worker thread, never on the event loop.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Request,
 )
 
-from issuer.models import RefreshRecord, User
+from issuer.models import RefreshRecord, User, canonical_username
 from issuer.oauth.clients import (
     ClientAuthenticationError,
     OAuthClient,
@@ -35,8 +36,9 @@ from issuer.oauth.grants import PasswordGrant, RefreshTokenGrant
 from issuer.oauth.requests import HttpRequest, IssuerOAuth2Request, OAuthResponse
 from issuer.passwords import PasswordHasher
 from issuer.ratelimit import LoginLimiter
+from issuer.sessions import SESSION_CLAIM, Lifetimes, SessionPolicy, describe
 from issuer.store.base import Store, UserStore
-from issuer.tokens import TokenService
+from issuer.tokens import REFRESH, TokenService
 
 log = logging.getLogger("issuer.oauth")
 audit = logging.getLogger("issuer.audit")
@@ -69,6 +71,8 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         default_scope: str,
         login_failure_hook: LoginFailureHook | None = None,
         limiter: LoginLimiter | None = None,
+        sessions: SessionPolicy | None = None,
+        refresh_retry_window: int = 0,
     ) -> None:
         super().__init__(scopes_supported=list(scopes))
         silence_authlib_token_logging()
@@ -80,6 +84,10 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         self.default_scope = default_scope
         self.login_failure_hook = login_failure_hook
         self.limiter = limiter
+        self.sessions = sessions or SessionPolicy(
+            tokens.access_ttl, tokens.refresh_ttl, max_lifetime=30 * 86400
+        )
+        self.refresh_retry_window = refresh_retry_window
         self.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
         self.register_client_auth_method("client_secret_post", authenticate_client_secret_post)
         self.register_client_auth_method("none", authenticate_none)
@@ -177,45 +185,149 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             raise InvalidScopeError("The requested scope is not allowed for this client.")
         return " ".join(wanted)
 
+    def session_lifetimes(self, started_at: int | None = None) -> Lifetimes | None:
+        """Token lifetimes for a session started at ``started_at`` (None: a new one, now);
+        None once the session reached ``session_max_lifetime``."""
+        now = self.tokens.now()
+        return self.sessions.lifetimes(now, now if started_at is None else started_at)
+
     def issue_tokens(
         self,
         user: User,
         client: OAuthClient,
         scope: str,
+        lifetimes: Lifetimes,
         *,
         family_id: str | None = None,
         refresh_scope: str | None = None,
+        session_started_at: int = 0,
     ) -> tuple[dict[str, Any], RefreshRecord]:
-        """A token response body and the record of its new refresh token."""
+        """A token response body and the record of its new refresh token.
+
+        The access token carries ``sid`` = the family id, so the session's end ends it too.
+        """
         client_id = client.get_client_id()
-        access, access_claims = self.tokens.create_access_token(
-            self.tokens.access_claims_for(user, client_id, scope)
-        )
+        family_id = family_id or uuid.uuid4().hex
         refresh_data: dict[str, Any] = {
             "sub": user.id,
             "client_id": client_id,
             "scope": refresh_scope if refresh_scope is not None else scope,
+            "fam": family_id,
         }
-        if family_id is not None:
-            refresh_data["fam"] = family_id
-        refresh, refresh_claims = self.tokens.create_refresh_token(refresh_data)
+        refresh, refresh_claims = self.tokens.create_refresh_token(refresh_data, lifetimes.refresh)
         record = RefreshRecord(
             jti=refresh_claims["jti"],
-            family_id=refresh_claims["fam"],
+            family_id=family_id,
             user_id=user.id,
             client_id=client_id,
             scope=refresh_claims["scope"],
             issued_at=refresh_claims["iat"],
             expires_at=refresh_claims["exp"],
+            session_started_at=session_started_at,
         )
-        body = {
+        body = self._token_body(
+            user=user,
+            client=client,
+            scope=scope,
+            lifetimes=lifetimes,
+            record=record,
+            refresh=refresh,
+        )
+        return body, record
+
+    def _token_body(
+        self,
+        *,
+        user: User,
+        client: OAuthClient,
+        scope: str,
+        lifetimes: Lifetimes,
+        record: RefreshRecord,
+        refresh: str,
+    ) -> dict[str, Any]:
+        access_data = self.tokens.access_claims_for(user, client.get_client_id(), scope)
+        access_data[SESSION_CLAIM] = record.family_id
+        access_ttl = min(lifetimes.access, max(record.expires_at - self.tokens.now(), 1))
+        access, access_claims = self.tokens.create_access_token(access_data, access_ttl)
+        return {
             "access_token": access,
             "token_type": "Bearer",
             "expires_in": access_claims["exp"] - access_claims["iat"],
             "refresh_token": refresh,
             "scope": scope,
         }
-        return body, record
+
+    def retry_successor(self, record: RefreshRecord, client_id: str) -> RefreshRecord | None:
+        """The successor to hand out again if presenting spent ``record`` is a lost-response
+        retry: within ``refresh_retry_window`` seconds of its rotation, by the same
+        client, while the successor is still unspent. None means: treat it as reuse."""
+        if (
+            self.refresh_retry_window <= 0
+            or record.spent_at is None
+            or record.revoked_at is not None
+            or record.successor_jti is None
+            or record.client_id != client_id
+            or self.tokens.now() - record.spent_at > self.refresh_retry_window
+        ):
+            return None
+        successor = self.store.get(record.successor_jti)
+        if successor is None or not successor.is_usable or successor.client_id != client_id:
+            return None
+        return successor
+
+    def reissue_tokens(
+        self, user: User, client: OAuthClient, scope: str, successor: RefreshRecord
+    ) -> dict[str, Any] | None:
+        """The same successor refresh token (its stored claims signed again: one chain,
+        never a fork) with a fresh access token; None if the session is over."""
+        lifetimes = self.session_lifetimes(successor.session_started_at)
+        if lifetimes is None or successor.expires_at <= self.tokens.now():
+            return None
+        refresh = self.tokens.sign_claims(
+            {
+                "sub": successor.user_id,
+                "client_id": successor.client_id,
+                "scope": successor.scope,
+                "fam": successor.family_id,
+                "iss": self.tokens.issuer,
+                "aud": self.tokens.issuer,
+                "iat": successor.issued_at,
+                "exp": successor.expires_at,
+                "jti": successor.jti,
+                "type": REFRESH,
+            },
+            REFRESH,
+        )
+        audit.info(
+            "refresh retried within the retry window: %s family=%s client_id=%s",
+            describe(user),
+            successor.family_id,
+            successor.client_id,
+        )
+        return self._token_body(
+            user=user,
+            client=client,
+            scope=scope,
+            lifetimes=lifetimes,
+            record=successor,
+            refresh=refresh,
+        )
+
+    def rehash_if_needed(self, user: User, password: str) -> None:
+        """After a successful login: upgrade a hash of a lower bcrypt cost than configured.
+
+        Called once the response is decided; only a right password gets here, so failed
+        logins never pay for it. A failure to rehash never fails the login.
+        """
+        old = user.password_hash
+        upgrade = getattr(self.users, "upgrade_password_hash", None)
+        if old is None or upgrade is None or not self.hasher.needs_rehash(old):
+            return
+        try:
+            if upgrade(user.id, old, self.hasher.hash(password)):
+                audit.info("password rehashed at cost %d: %s", self.hasher.rounds, describe(user))
+        except Exception:
+            log.exception("rehashing the password of user_id=%s failed", user.id)
 
     def token_headers(self) -> list[tuple[str, str]]:
         return list(NO_STORE_HEADERS)
@@ -244,15 +356,37 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         if self.limiter is not None:
             self.limiter.record_success(username)
 
-    def on_refresh_reuse(self, record: RefreshRecord, reason: str) -> None:
+    def on_session_revoked(
+        self, record: RefreshRecord, revoked: int, request: OAuth2Request
+    ) -> None:
+        """Audit a refresh token revoked at /oauth/revoke (RFC 7009): its session ended."""
+        user = self.users.get_by_id(record.user_id)
+        audit.info(
+            "revoke refresh: session ended family=%s (%d tokens) user_id=%s username=%s "
+            "client_id=%s address=%s",
+            record.family_id,
+            revoked,
+            record.user_id,
+            canonical_username(user.username) if user else "-",
+            record.client_id,
+            client_ip(request) or "-",
+        )
+
+    def on_refresh_reuse(
+        self, record: RefreshRecord, reason: str, request: OAuth2Request | None = None
+    ) -> None:
         revoked = self.store.revoke_family(record.family_id, self.tokens.now())
+        user = self.users.get_by_id(record.user_id)
         audit.warning(
-            "refresh token reuse: %s; revoked family=%s (%d tokens) user_id=%s client_id=%s",
+            "refresh token reuse: %s; revoked family=%s (%d tokens) user_id=%s username=%s "
+            "client_id=%s address=%s",
             reason,
             record.family_id,
             revoked,
             record.user_id,
+            canonical_username(user.username) if user else "-",
             record.client_id,
+            (client_ip(request) if request is not None else "") or "-",
         )
 
 
