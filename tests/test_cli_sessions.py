@@ -18,9 +18,9 @@ from tests.test_cli import Cli, assert_refused, cli, ready  # noqa: F401 - fixtu
 NEW_PASSWORD = "An0ther-Secret!"
 
 
-def open_session(cli: Cli, username: str, client_id: str = "webapp") -> str:
+def open_session(runner: Cli, username: str, client_id: str = "webapp") -> str:
     """A live refresh family for the user, as a login records it; its id."""
-    store = cli.store()
+    store = runner.store()
     user = store.get_by_username(username)
     assert user is not None
     family = uuid.uuid4().hex
