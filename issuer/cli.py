@@ -34,7 +34,7 @@ from issuer.logs import configure_logging, log_audit_to_stderr
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
 from issuer.resets import PasswordResets
-from issuer.sessions import Sessions, audit_ended
+from issuer.sessions import Sessions
 from issuer.settings import Settings, load_settings, redact_url
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
@@ -259,12 +259,16 @@ def cmd_db_purge(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
-    username = _check_username(args.username)
+def _role(text: str) -> Role:
     try:
-        role = Role.parse(args.role)
+        return Role.parse(text)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
+    username = _check_username(args.username)
+    role = _role(args.role)
     users = _user_admin(settings)
     if users.get_by_username(username) is not None:
         raise UsageError(f"user {username!r} already exists")
@@ -313,10 +317,7 @@ def cmd_users_set_password(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_users_set_role(settings: Settings, args: argparse.Namespace) -> int:
     username = _check_username(args.username)
-    try:
-        role = Role.parse(args.role)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    role = _role(args.role)
     user, ended = _sessions(settings).set_role(username, role)
     print(f"role of {user.username} set to {role.value}; {_ended(ended)}")
     return 0
@@ -328,15 +329,14 @@ def cmd_users_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_users_logout(settings: Settings, args: argparse.Namespace) -> int:
+def _session_reader(settings: Settings) -> Sessions:
+    """Sessions of users from whichever user store is configured (logout, listing)."""
     store = _store(settings)
-    users = load_user_store(settings, store)
-    username = _check_username(args.username)
-    user = users.get_by_username(username)
-    if user is None:
-        raise UsageError(f"no user {username!r}")
-    ended = store.end_user_sessions(user.id, int(time.time()))
-    audit_ended("user logged out everywhere", user, ended)
+    return Sessions(store, time.time, load_user_store(settings, store))
+
+
+def cmd_users_logout(settings: Settings, args: argparse.Namespace) -> int:
+    user, ended = _session_reader(settings).logout(_check_username(args.username))
     print(f"logged out {user.username}; {_ended(ended)}")
     return 0
 
@@ -353,12 +353,7 @@ def cmd_users_reset_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_list(settings: Settings, args: argparse.Namespace) -> int:
-    store = _store(settings)
-    username = _check_username(args.username)
-    user = load_user_store(settings, store).get_by_username(username)
-    if user is None:
-        raise UsageError(f"no user {username!r}")
-    found = store.list_sessions(user.id, int(time.time()))  # before the header
+    _, found = _session_reader(settings).sessions_of(_check_username(args.username))
     print(f"{'SESSION':<32} {'CLIENT':<24} {'CREATED':<21} {'LAST REFRESHED':<21} EXPIRES")
     for s in found:
         print(

@@ -42,7 +42,7 @@ from typing import Any
 
 from issuer.errors import NotFoundError
 from issuer.models import Role, Session, User, UserChange, canonical_username
-from issuer.store.base import Store
+from issuer.store.base import Store, UserStore
 
 audit = logging.getLogger("issuer.audit")
 
@@ -114,9 +114,13 @@ def audit_ended(
 class Sessions:
     """The security events on users, each ending the user's sessions (CLI and Python API)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], float], users: UserStore | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
+        # Where logout and listing look users up: a plugged-in user store, or the store.
+        self.users: UserStore = users if users is not None else store
 
     def _apply(self, event: str, username: str, change: UserChange) -> tuple[User, list[str]]:
         user, ended = self.store.change_user(username, change, int(self.clock()))
@@ -141,16 +145,18 @@ class Sessions:
 
     def logout(self, username: str) -> tuple[User, list[str]]:
         """``users logout``: end every session of the user, changing nothing else."""
-        user = self.store.get_by_username(username)
-        if user is None:
-            raise NotFoundError(f"no user {username!r}")
+        user = self._user(username)
         ended = self.store.end_user_sessions(user.id, int(self.clock()))
         audit_ended("user logged out everywhere", user, ended)
         return user, ended
 
     def sessions_of(self, username: str) -> tuple[User, Sequence[Session]]:
         """The user's live sessions, oldest first (no token material)."""
-        user = self.store.get_by_username(username)
+        user = self._user(username)
+        return user, self.store.list_sessions(user.id, int(self.clock()))
+
+    def _user(self, username: str) -> User:
+        user = self.users.get_by_username(username)
         if user is None:
             raise NotFoundError(f"no user {username!r}")
-        return user, self.store.list_sessions(user.id, int(self.clock()))
+        return user
