@@ -47,6 +47,7 @@ from issuer.store.base import Store, UserStore
 audit = logging.getLogger("issuer.audit")
 
 SESSION_CLAIM = "sid"
+DEFAULT_SESSION_MAX_LIFETIME = 30 * 86400  # the session_max_lifetime setting's default
 
 
 def session_ended(store: Store, claims: Mapping[str, Any]) -> bool:
@@ -76,6 +77,11 @@ class SessionPolicy:
     access_ttl: int
     refresh_ttl: int
     max_lifetime: int
+
+    def for_new_session(self) -> Lifetimes:
+        """Lifetimes for the first tokens of a session that starts now."""
+        refresh = min(self.refresh_ttl, self.max_lifetime)
+        return Lifetimes(access=min(self.access_ttl, refresh), refresh=refresh)
 
     def lifetimes(self, now: int, started_at: int) -> Lifetimes | None:
         """Lifetimes for tokens issued at ``now`` in a session started at ``started_at``;

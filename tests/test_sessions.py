@@ -463,3 +463,25 @@ def test_concurrent_retries_within_the_window_all_get_the_one_successor(retrying
     assert [a.status_code for a in answers] == [200] * 20
     assert {decode_token(a.json()["refresh_token"])["jti"] for a in answers} == {successor}
     assert usable_in_family(parts, decode_token(answer["refresh_token"])["fam"]) == 1
+
+
+def test_a_login_racing_a_password_change_does_not_outlive_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password is checked, then set-password commits, then the login records its
+    session: that session must not start (it was opened with the old password)."""
+    real_verify = world.parts.hasher.verify
+
+    def verify_then_change(password: str, hashed: str | None) -> bool:
+        matches = real_verify(password, hashed)
+        sessions(world).set_password_hash("alice", "$2b$04$" + "y" * 53)
+        return matches
+
+    monkeypatch.setattr(world.parts.hasher, "verify", verify_then_change)
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+
+    answer = world.client.post(TOKEN, data=data, auth=world.webapp)
+
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    user = world.parts.store.get_by_username("alice")
+    assert user is not None and world.parts.store.list_sessions(user.id, int(time.time())) == []

@@ -648,3 +648,54 @@ def test_an_expired_or_unknown_reset_redeems_nothing(store: Store) -> None:
 
     assert store.get_by_id(alice.id) == alice
     assert not store.session_revoked("fam-a")
+
+
+def test_every_change_moves_updated_at_forward_and_a_rehash_does_not(store: Store) -> None:
+    added = store.add_user("alice", HASH, Role.ENGINEER)
+
+    first = store.set_active("alice", False)
+    second = store.set_active("alice", True)
+    assert added.updated_at < first.updated_at < second.updated_at
+
+    assert store.upgrade_password_hash(added.id, HASH, OTHER_HASH)
+    assert store.get_by_id(added.id).updated_at == second.updated_at  # type: ignore[union-attr]
+
+
+def test_a_session_starts_for_the_user_as_the_login_read_it(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    first = record("fam-1", user_id=alice.id)
+
+    assert store.start_session(first, alice) is True
+
+    assert store.get(first.jti) == first
+    with pytest.raises(DuplicateError):
+        store.start_session(record("fam-2", user_id=alice.id, jti=first.jti), alice)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        UserChange(password_hash=OTHER_HASH),
+        UserChange(role=Role.ADMIN),
+        UserChange(is_active=False),
+        UserChange(remove=True),
+    ],
+    ids=["password", "role", "disable", "remove"],
+)
+def test_a_session_does_not_start_for_a_user_changed_since_the_login_read_it(
+    store: Store, change: UserChange
+) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    store.change_user("alice", change, NOW)
+    late = record("fam-late", user_id=alice.id)
+
+    assert store.start_session(late, alice) is False
+
+    assert store.get(late.jti) is None
+
+
+def test_a_rehash_does_not_stop_a_concurrent_login(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    assert store.upgrade_password_hash(alice.id, HASH, OTHER_HASH)
+
+    assert store.start_session(record("fam-1", user_id=alice.id), alice) is True

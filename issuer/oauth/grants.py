@@ -74,12 +74,17 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
         return user
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        lifetimes = self.server.session_lifetimes()
-        assert lifetimes is not None  # a session starting now has its whole lifetime ahead
         token, record = self.server.issue_tokens(
-            self.request.user, self.request.client, self.request.scope, lifetimes
+            self.request.user,
+            self.request.client,
+            self.request.scope,
+            self.server.sessions.for_new_session(),
         )
-        self.server.store.create(record)
+        if not self.server.start_session(record, self.request.user):
+            # A password change, role change, disable or removal won the race with this
+            # login: the password it checked may no longer be the user's.
+            audit.warning("login refused: the user changed during the login")
+            raise InvalidGrantError(BAD_CREDENTIALS)
         audit.info(
             "login user_id=%s username=%s client_id=%s family=%s",
             record.user_id,

@@ -36,7 +36,13 @@ from issuer.oauth.grants import PasswordGrant, RefreshTokenGrant
 from issuer.oauth.requests import HttpRequest, IssuerOAuth2Request, OAuthResponse
 from issuer.passwords import PasswordHasher
 from issuer.ratelimit import LoginLimiter
-from issuer.sessions import SESSION_CLAIM, Lifetimes, SessionPolicy, describe
+from issuer.sessions import (
+    DEFAULT_SESSION_MAX_LIFETIME,
+    SESSION_CLAIM,
+    Lifetimes,
+    SessionPolicy,
+    describe,
+)
 from issuer.store.base import Store, UserStore
 from issuer.tokens import REFRESH, TokenService
 
@@ -85,7 +91,7 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         self.login_failure_hook = login_failure_hook
         self.limiter = limiter
         self.sessions = sessions or SessionPolicy(
-            tokens.access_ttl, tokens.refresh_ttl, max_lifetime=30 * 86400
+            tokens.access_ttl, tokens.refresh_ttl, DEFAULT_SESSION_MAX_LIFETIME
         )
         self.refresh_retry_window = refresh_retry_window
         self.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
@@ -185,11 +191,10 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             raise InvalidScopeError("The requested scope is not allowed for this client.")
         return " ".join(wanted)
 
-    def session_lifetimes(self, started_at: int | None = None) -> Lifetimes | None:
-        """Token lifetimes for a session started at ``started_at`` (None: a new one, now);
-        None once the session reached ``session_max_lifetime``."""
-        now = self.tokens.now()
-        return self.sessions.lifetimes(now, now if started_at is None else started_at)
+    def session_lifetimes(self, started_at: int) -> Lifetimes | None:
+        """Token lifetimes for a session started at ``started_at``; None once the session
+        reached ``session_max_lifetime``."""
+        return self.sessions.lifetimes(self.tokens.now(), started_at)
 
     def issue_tokens(
         self,
@@ -256,6 +261,14 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             "refresh_token": refresh,
             "scope": scope,
         }
+
+    def start_session(self, record: RefreshRecord, user: User) -> bool:
+        """Record a login's first refresh token, unless a security event changed the user
+        since the password was checked (then False: the login must fail)."""
+        if self.users is not self.store:  # users live elsewhere: nothing to lock here
+            self.store.create(record)
+            return True
+        return self.store.start_session(record, user)
 
     def retry_successor(self, record: RefreshRecord, client_id: str) -> RefreshRecord | None:
         """The successor to hand out again if presenting spent ``record`` is a lost-response

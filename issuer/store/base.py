@@ -108,6 +108,16 @@ class RefreshTokenStore(Protocol):
 class SessionStore(Protocol):
     """Sessions (refresh families) as a whole: the rules in ``issuer.sessions`` use these."""
 
+    def start_session(self, record: RefreshRecord, user: User) -> bool:
+        """Record the first token of a new session for ``user`` as it was when the login
+        checked it; False (and nothing recorded) if the user changed meanwhile (any
+        change moves ``updated_at`` forward; a rehash does not) or was removed.
+
+        The user's row is locked while checking, so a concurrent security event either
+        comes first (and this fails) or comes after (and ends this session too).
+        """
+        ...
+
     def session_revoked(self, family_id: str) -> bool:
         """True if the session has ended: its newest record is revoked, or none is left.
 
@@ -134,7 +144,8 @@ class SessionStore(Protocol):
         ...
 
     def upgrade_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
-        """Replace the hash only if it is still ``old_hash`` (a rehash, no security event).
+        """Replace the hash only if it is still ``old_hash`` (a rehash, no security event:
+        ``updated_at`` stays).
 
         False if the user is gone or the hash changed meanwhile: a concurrent
         set-password always wins over a rehash.

@@ -69,7 +69,9 @@ class MemoryStore:
         user = self._named(username)
         if user is None:
             raise NotFoundError(f"no user {username!r}")
-        updated = replace(user, updated_at=int(time.time()), **changes)  # type: ignore[arg-type]
+        # Always later than before: a login that read the user can tell any change since.
+        updated_at = max(int(time.time()), user.updated_at + 1)
+        updated = replace(user, updated_at=updated_at, **changes)  # type: ignore[arg-type]
         self._users[user.id] = updated
         return updated
 
@@ -82,6 +84,16 @@ class MemoryStore:
             return True
 
     # sessions
+    def start_session(self, record: RefreshRecord, user: User) -> bool:
+        with self._lock:
+            current = self._users.get(user.id)
+            if current is None or current.updated_at != user.updated_at:
+                return False
+            if record.jti in self._refresh:
+                raise DuplicateError("refresh token id already recorded")
+            self._refresh[record.jti] = record
+            return True
+
     def session_revoked(self, family_id: str) -> bool:
         with self._lock:
             family = [r for r in self._refresh.values() if r.family_id == family_id]

@@ -255,6 +255,22 @@ class SqlStore:
         return int(result.rowcount) == 1
 
     # sessions
+    def start_session(self, record: RefreshRecord, user: User) -> bool:
+        try:
+            with self._writer.begin() as conn:
+                # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes):
+                # a concurrent security event waits for this commit, then ends this
+                # session too; or it committed first, and the check below fails.
+                current = conn.execute(
+                    select(users.c.updated_at).where(users.c.id == user.id).with_for_update()
+                ).first()
+                if current is None or int(current.updated_at) != user.updated_at:
+                    return False
+                _insert_refresh(conn, record)
+        except IntegrityError:
+            raise DuplicateError("refresh token id already recorded") from None
+        return True
+
     def session_revoked(self, family_id: str) -> bool:
         query = (
             select(refresh_tokens.c.revoked_at)
@@ -359,7 +375,7 @@ class SqlStore:
                 conn.execute(
                     update(users)
                     .where(users.c.id == spent.user_id)
-                    .values(password_hash=password_hash, updated_at=now)
+                    .values(password_hash=password_hash, updated_at=_next_version(conn, now))
                     .returning(*users.c)
                 )
                 .mappings()
@@ -519,7 +535,9 @@ def _update_user(
         conn.execute(
             update(users)
             .where(users.c.username_canonical == canonical_username(username))
-            .values(updated_at=int(time.time()) if now is None else now, **values)
+            .values(
+                updated_at=_next_version(conn, int(time.time()) if now is None else now), **values
+            )
             .returning(*users.c)
         )
         .mappings()
@@ -528,6 +546,15 @@ def _update_user(
     if row is None:
         raise NotFoundError(f"no user {username!r}")
     return _user(row)
+
+
+def _next_version(conn: Connection, now: int) -> Any:
+    """``updated_at`` for a change: ``now``, but always later than before, so a login that
+    read the user can tell any change since (see ``start_session``)."""
+    later = users.c.updated_at + 1
+    if conn.dialect.name == "postgresql":
+        return func.greatest(later, now)
+    return func.max(later, now)  # SQLite's two-argument max() is the scalar maximum
 
 
 def _revoke_refresh_tokens(conn: Connection, which: Any, now: int) -> list[str]:
