@@ -19,6 +19,7 @@ from issuer.settings import Settings
 from issuer.store import migrate
 from issuer.store.sql import make_engine
 from tests.conftest import PASSWORD, add_client, add_user
+from tests.test_ratelimit import REDIS_URL, UNREACHABLE_REDIS, fresh_redis_namespace, redis_keys
 
 RESET = "/password/reset"
 TOKEN = "/oauth/token"
@@ -258,3 +259,62 @@ def test_the_redemption_is_callable_without_http(app: Any) -> None:
             parts.resets.redeem(bad, NEW_PASSWORD)
     with pytest.raises(NotFoundError):
         parts.resets.issue("nobody")
+
+
+# -- the per-address budget in shared storage ----------------------------------
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    yield from fresh_redis_namespace()
+
+
+def reset_app(settings: Settings, address: str) -> tuple[TestClient, Components]:
+    engine = make_engine(settings.database_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    parts = build_components(settings)
+    app = create_app(components=parts)
+    return TestClient(app, base_url=settings.url, client=(address, 40000)), parts
+
+
+def test_replicas_sharing_redis_share_the_reset_budget_under_its_own_namespace(
+    make_settings: Callable[..., Settings], redis_namespace: str
+) -> None:
+    shared = make_settings(
+        rate_limit_storage=REDIS_URL,
+        rate_limit_key_prefix=redis_namespace,
+        password_reset_failures_per_address="2/minute",
+    )
+    client_a, parts_a = reset_app(shared, "198.51.100.9")
+    client_b, parts_b = reset_app(shared, "198.51.100.9")
+    other, parts_c = reset_app(shared, "198.51.100.10")
+    add_user(parts_a.store, "alice")
+    token = parts_a.resets.issue("alice")  # type: ignore[union-attr]
+    with client_a, client_b, other:
+        assert reset(client_a, "forged-1").status_code == 400
+        assert reset(client_b, "forged-2").status_code == 400
+        assert reset(client_b, token).status_code == 429
+        assert reset(other, token).status_code == 200
+    for parts in (parts_a, parts_b, parts_c):
+        parts.engine.dispose()
+
+    keys = redis_keys(redis_namespace)
+    assert keys and all(k.startswith(f"{redis_namespace}:") for k in keys)
+    assert any(":reset:address" in k for k in keys)
+    assert not any("198.51.100" in k for k in keys)
+
+
+def test_resets_work_unlimited_when_the_rate_limit_storage_is_down(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    down = make_settings(rate_limit_storage=UNREACHABLE_REDIS)
+    client, parts = reset_app(down, "198.51.100.9")
+    add_user(parts.store, "alice")
+    token = parts.resets.issue("alice")  # type: ignore[union-attr]
+    with client:
+        assert reset(client, "forged").status_code == 400
+        assert reset(client, token).status_code == 200
+    parts.engine.dispose()
+
+    assert "password reset limits are NOT enforced" in caplog.text
