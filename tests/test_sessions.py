@@ -16,6 +16,7 @@ from typing import Any
 
 import bcrypt
 import pytest
+from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -24,12 +25,14 @@ from starlette.testclient import TestClient
 
 from issuer.app import Components, build_components, create_app
 from issuer.dependencies import authenticate
+from issuer.errors import RevokedTokenError
 from issuer.models import Role
 from issuer.sessions import Sessions
 from issuer.settings import Settings
 from issuer.store import migrate
+from issuer.store.schema import refresh_tokens
 from issuer.store.sql import make_engine
-from issuer.tokens import decode_token
+from issuer.tokens import decode_token, verify_token
 from tests.conftest import PASSWORD, add_client, add_user
 
 TOKEN = "/oauth/token"
@@ -325,15 +328,15 @@ def cost(password_hash: str | None) -> int:
     return int(password_hash.split("$")[2])
 
 
-def test_a_login_upgrades_a_cheaper_hash_and_failed_logins_never_do(
+def test_a_login_upgrades_a_cost_10_hash_to_12_and_failed_logins_never_do(
     make_settings: Callable[..., Settings], settings: Settings
 ) -> None:
-    tuned = make_settings(database_url=settings.database_url, bcrypt_rounds=5)
+    tuned = make_settings(database_url=settings.database_url, bcrypt_rounds=12)
     engine = make_engine(tuned.database_url)
     migrate.upgrade(engine)
     engine.dispose()
     parts = build_components(tuned)
-    old = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    old = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
     user = parts.store.add_user("alice", old, Role.ENGINEER)
     auth = ("webapp", str(add_client(parts.store, "webapp")))
     form = {"grant_type": "password", "username": "alice"}
@@ -346,7 +349,7 @@ def test_a_login_upgrades_a_cheaper_hash_and_failed_logins_never_do(
         assert right.status_code == 200
 
         upgraded = parts.store.get_by_id(user.id).password_hash  # type: ignore[union-attr]
-        assert cost(old) == 4 and cost(upgraded) == 5
+        assert cost(old) == 10 and cost(upgraded) == 12
         assert parts.hasher.verify(PASSWORD, upgraded)
         again = client.post(TOKEN, data={**form, "password": PASSWORD}, auth=auth)
         assert again.status_code == 200
@@ -385,10 +388,6 @@ def _refresh(client: TestClient, token: str, auth: tuple[str, str]) -> Any:
 
 
 def usable_in_family(parts: Components, family: str) -> int:
-    from sqlalchemy import func, select  # noqa: PLC0415 - only this helper reads SQL directly
-
-    from issuer.store.schema import refresh_tokens  # noqa: PLC0415
-
     with parts.engine.connect() as conn:
         query = (
             select(func.count())
@@ -485,3 +484,13 @@ def test_a_login_racing_a_password_change_does_not_outlive_it(
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
     user = world.parts.store.get_by_username("alice")
     assert user is not None and world.parts.store.list_sessions(user.id, int(time.time())) == []
+
+
+def test_verify_token_refuses_an_access_token_of_an_ended_session(world: World) -> None:
+    alice = world.login("alice", world.webapp)
+    assert verify_token(alice["access_token"])["sub"]
+
+    sessions(world).logout("alice")
+
+    with pytest.raises(RevokedTokenError):
+        verify_token(alice["access_token"])
