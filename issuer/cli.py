@@ -34,7 +34,7 @@ from issuer.logs import configure_logging, log_audit_to_stderr
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
 from issuer.resets import PasswordResets
-from issuer.sessions import Sessions
+from issuer.sessions import Sessions, families
 from issuer.settings import Settings, load_settings, redact_url
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
@@ -417,12 +417,7 @@ def cmd_clients_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
     ended = _store(settings).remove_client(args.client_id)
-    audit.warning(
-        "client removed: client_id=%s sessions=%d families=%s",
-        args.client_id,
-        len(ended),
-        ",".join(ended) or "-",
-    )
+    audit.warning("client removed: client_id=%s %s", args.client_id, families(ended))
     print(f"removed client {args.client_id}; {_ended(ended)}")
     return 0
 

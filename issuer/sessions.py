@@ -80,15 +80,15 @@ class SessionPolicy:
 
     def for_new_session(self) -> Lifetimes:
         """Lifetimes for the first tokens of a session that starts now."""
-        refresh = min(self.refresh_ttl, self.max_lifetime)
-        return Lifetimes(access=min(self.access_ttl, refresh), refresh=refresh)
+        return self._within(self.max_lifetime)
 
     def lifetimes(self, now: int, started_at: int) -> Lifetimes | None:
         """Lifetimes for tokens issued at ``now`` in a session started at ``started_at``;
         None once the session reached its absolute lifetime."""
         remaining = started_at + self.max_lifetime - now
-        if remaining <= 0:
-            return None
+        return self._within(remaining) if remaining > 0 else None
+
+    def _within(self, remaining: int) -> Lifetimes:
         refresh = min(self.refresh_ttl, remaining)
         return Lifetimes(access=min(self.access_ttl, refresh), refresh=refresh)
 

@@ -176,3 +176,19 @@ def test_bad_session_commands_are_one_line_exit_2_and_change_nothing(
 
     assert_refused(result, fragment)
     assert ready.snapshot() == before
+
+
+def test_clients_remove_ends_the_clients_sessions_and_audits_them(
+    two_users: Cli,
+) -> None:
+    on_web = open_session(two_users, "alice", "webapp")
+    elsewhere = open_session(two_users, "bob", "mobile")
+
+    result = two_users("clients", "remove", "webapp")
+
+    assert result.code == 0 and "1 session ended" in result.out
+    store = two_users.store()
+    assert store.session_revoked(on_web) and not store.session_revoked(elsewhere)
+    store.engine.dispose()
+    audit = [line for line in result.err.splitlines() if "issuer.audit" in line]
+    assert len(audit) == 1 and "client_id=webapp" in audit[0] and on_web in audit[0]
