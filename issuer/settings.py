@@ -94,6 +94,10 @@ class Settings:
     signing_alg: str = "HS256"
     access_token_ttl: int = 1800
     refresh_token_ttl: int = 604800
+    session_max_lifetime: int = 2592000
+    refresh_retry_window: int = 0
+    password_reset_ttl: int = 1800
+    password_reset_failures_per_address: str = "10/minute"  # noqa: S105 - a rate
     bcrypt_rounds: int = 12
     leeway: int = 30
     scopes: tuple[str, ...] = ("openid", "profile", "read", "write")
@@ -370,6 +374,9 @@ def _validate(s: Settings) -> list[str]:
     for name, low, high in (
         ("access_token_ttl", 60, 86400),
         ("refresh_token_ttl", 300, 365 * 86400),
+        ("session_max_lifetime", 300, 365 * 86400),
+        ("refresh_retry_window", 0, 300),
+        ("password_reset_ttl", 60, 7 * 86400),
         ("bcrypt_rounds", 4, 31),
         ("leeway", 0, 300),
         ("jwks_max_age", 0, 86400),
@@ -420,6 +427,7 @@ def _rate_limit_problems(s: Settings) -> list[str]:
         "login_failures_per_user_address",
         "login_failures_per_address",
         "login_failures_per_user",
+        "password_reset_failures_per_address",
     ):
         problem = limit_problem(getattr(s, name))
         if problem:

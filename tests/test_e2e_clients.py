@@ -326,6 +326,12 @@ def test_readme_quickstart_flow_over_raw_http(server):
         )
         assert after_reuse.status_code == 400
         assert after_reuse.json()["error"] == "invalid_grant"
+        # ...and its access tokens, at the issuer, at once.
+        for access in (first["access_token"], second["access_token"]):
+            me = http.get(
+                server.url + "/userinfo", headers={"Authorization": "Bearer " + access}, auth=None
+            )
+            assert me.status_code == 401 and me.json()["error"] == "invalid_token"
 
 
 def test_quickstart_printed_commands_work_verbatim_with_curl(live_server_factory):
