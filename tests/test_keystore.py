@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from joserfc.jwk import RSAKey
 from starlette.testclient import TestClient
 
-from issuer import keystore
 from issuer.app import build_components, build_key_manager, create_app
 from issuer.errors import BadSignatureError, KeyStoreError
 from issuer.keystore import (
@@ -34,6 +33,7 @@ from issuer.keystore import (
     public_jwk,
     read_manifest,
 )
+from issuer.keystore import rotation as keystore
 from issuer.store import migrate
 from issuer.store.sql import make_engine
 from issuer.tokens import TokenService
