@@ -32,7 +32,8 @@ from issuer.keystore import RotationResult
 from issuer.logs import configure_logging
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
-from issuer.settings import Settings, load_settings, redact_url
+from issuer.sensitive import redact_url
+from issuer.settings import Settings, load_settings
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
 from issuer.store.sql import SqlStore, make_engine

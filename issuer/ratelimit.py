@@ -23,7 +23,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from issuer.settings import redact_url
+from issuer.sensitive import redact_url
 
 log = logging.getLogger("issuer.ratelimit")
 

@@ -33,6 +33,8 @@ from issuer.store import migrate
 from issuer.store.memory import MemoryStore
 from issuer.store.sql import SqlStore, make_engine
 
+pytest_plugins = ["tests.keystore_support"]
+
 TEST_ROUNDS = 4
 PASSWORD = "Corr3ct-Horse!"
 POSTGRES_URL = os.environ.get(
