@@ -1,7 +1,7 @@
 """Logging set-up: text or JSON lines, and the guarantees about what never reaches a log.
 
-Authlib logs issued tokens at debug level; its logger is held at INFO whatever the root
-level. Access logs are ours (path without query string), not uvicorn's, because a
+Authlib logs issued tokens at debug level; ``issuer.oauth.server`` holds its logger at INFO
+whatever the root level. Access logs are ours (path without query string), not uvicorn's, because a
 client that wrongly puts credentials in a query string must not get them logged.
 """
 
@@ -43,7 +43,6 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("authlib").setLevel(logging.INFO)
     logging.getLogger("uvicorn.access").disabled = True
 
 
