@@ -1,8 +1,8 @@
 """Logging set-up: text or JSON lines, and the guarantees about what never reaches a log.
 
 Authlib logs issued tokens at debug level; ``issuer.oauth.server`` holds its logger at INFO
-whatever the root level. Access logs are ours (path without query string), not uvicorn's, because a
-client that wrongly puts credentials in a query string must not get them logged.
+whatever the root level. Access logs are ours (path without query string), not uvicorn's,
+because a client that wrongly puts credentials in a query string must not get them logged.
 """
 
 from __future__ import annotations
