@@ -36,8 +36,9 @@ from issuer.logs import configure_logging, log_audit_to_stderr
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
 from issuer.resets import PasswordResets
+from issuer.sensitive import redact_url
 from issuer.sessions import Sessions, families
-from issuer.settings import Settings, load_settings, redact_url
+from issuer.settings import Settings, load_settings
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
 from issuer.store.sql import SqlStore, make_engine
@@ -564,6 +565,8 @@ def _add_clients_commands(sub: Any) -> None:
     crm = clients.add_parser("remove")
     crm.add_argument("client_id")
     crm.set_defaults(func=cmd_clients_remove, audited=True)
+
+
 def _add_users_parser(sub: Any) -> None:
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="users", required=True)
     add = users.add_parser("add", help="add a user (password prompted or from stdin)")

@@ -1,8 +1,8 @@
 r"""Logging set-up: text or JSON lines, and the guarantees about what never reaches a log.
 
-Authlib logs issued tokens at debug level; its logger is held at INFO whatever the root
-level. Access logs are ours (path without query string), not uvicorn's, because a
-client that wrongly puts credentials in a query string must not get them logged.
+Authlib logs issued tokens at debug level; ``issuer.oauth.server`` holds its logger at INFO
+whatever the root level. Access logs are ours (path without query string), not uvicorn's,
+because a client that wrongly puts credentials in a query string must not get them logged.
 
 Log lines cannot be forged (CWE-117): paths, usernames and anything else a request
 carries may hold CR, LF or terminal escapes. The text format escapes every C0 and C1
@@ -108,7 +108,6 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("authlib").setLevel(logging.INFO)
     logging.getLogger("uvicorn.access").disabled = True
 
 

@@ -27,7 +27,7 @@ from issuer.store.sql import SqlStore, make_engine
 TABLES = {"users", "clients", "refresh_tokens", "revoked_access_tokens", "password_resets"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> str:
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(fixture))

@@ -34,7 +34,7 @@ OTHER_HASH = "$2b$04$" + "b" * 53
 NOW = 1_800_000_000
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     """The same store contract, once per implementation."""
     if request.param == "memory":
