@@ -177,23 +177,23 @@ def markdown(rows: dict[str, RowResult], judged: list[Target], info: dict[str, A
         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for row in rows.values():
-        notes = row.notes
+        notes = [row.notes] if row.notes else []
         if "storm_logins_per_s" in row.extra:
-            notes = f"logins meanwhile {row.extra['storm_logins_per_s']:.1f}/s"
+            notes.append(f"logins meanwhile {row.extra['storm_logins_per_s']:.1f}/s")
         if "rotations" in row.extra:
-            notes = (
-                f"{row.extra['rotations']:,.0f} rotations (last run), "
+            notes.append(
+                f"{row.extra['rotations']:,.0f} rotations (median run), "
                 f"broken chains {row.extra.get('failures', 0):.0f}"
             )
         if "unexpected" in row.extra:
-            notes = f"responses other than 304: {row.extra['unexpected']:.0f}"
+            notes.append(f"responses other than 304: {row.extra['unexpected']:.0f}")
         errors = f"{row.errors} ({row.non_2xx})" if row.unit == "req/s" else ""
         p50 = row.p50_ms if row.unit == "req/s" else None
         value = f"{row.value:,.3f} s" if row.unit == "s" else f"{row.value:,.1f} {row.unit}"
         lines.append(
             f"| {row.title} | {value} | {_cell(p50, '.1f')} | {_cell(row.p99_ms, '.1f')} | "
             f"{errors} | {_cell(row.cpu_cores, '.2f')} | "
-            f"{' / '.join(f'{m:.0f}' for m in row.rss_mb)} | {notes} |"
+            f"{' / '.join(f'{m:.0f}' for m in row.rss_mb)} | {'; '.join(notes)} |"
         )
     lines += ["", "## Targets (issue 13)", "", "| target | measured | |", "| --- | --- | --- |"]
     for target in judged:
