@@ -173,8 +173,8 @@ def markdown(rows: dict[str, RowResult], judged: list[Target], info: dict[str, A
         f"PostgreSQL: {info['postgres']}; {info['seconds_total']:.0f} s in all.",
         "",
         "| row | throughput | p50 ms | p99 ms | errors (non-2xx) | server CPU (cores) "
-        "| peak RSS MB per process | notes |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| server CPU µs/request | peak RSS MB per process | notes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for row in rows.values():
         notes = [row.notes] if row.notes else []
@@ -192,7 +192,7 @@ def markdown(rows: dict[str, RowResult], judged: list[Target], info: dict[str, A
         value = f"{row.value:,.3f} s" if row.unit == "s" else f"{row.value:,.1f} {row.unit}"
         lines.append(
             f"| {row.title} | {value} | {_cell(p50, '.1f')} | {_cell(row.p99_ms, '.1f')} | "
-            f"{errors} | {_cell(row.cpu_cores, '.2f')} | "
+            f"{errors} | {_cell(row.cpu_cores, '.2f')} | {_cell(row.cpu_us_per_request, '.0f')} | "
             f"{' / '.join(f'{m:.0f}' for m in row.rss_mb)} | {'; '.join(notes)} |"
         )
     lines += ["", "## Targets (issue 13)", "", "| target | measured | |", "| --- | --- | --- |"]

@@ -89,6 +89,8 @@ class RowResult:
     errors: int = 0
     non_2xx: int = 0
     cpu_cores: float | None = None  # server CPU seconds per wall second (all processes)
+    # Server CPU per request: steadier than req/s on a machine shared with other work.
+    cpu_us_per_request: float | None = None
     rss_mb: list[float] = field(default_factory=list)  # peak RSS of each server process
     server: str = ""
     notes: str = ""
@@ -183,14 +185,14 @@ def wrk_row(
                 "errors": result.errors,
                 "non_2xx": result.status_errors,
                 "cpu_cores": cpu / wall if wall else 0.0,
+                "cpu_us_per_request": cpu / result.requests * 1e6 if result.requests else 0.0,
                 **{k: float(v) for k, v in result.extra.items()},
                 **extra,
             }
         )
+    summarized = ("rps", "p50_ms", "p99_ms", "errors", "non_2xx", "cpu_cores", "cpu_us_per_request")
     extras = {
-        key: statistics.median(r[key] for r in runs)
-        for key in runs[0]
-        if key not in ("rps", "p50_ms", "p99_ms", "errors", "non_2xx", "cpu_cores")
+        key: statistics.median(r[key] for r in runs) for key in runs[0] if key not in summarized
     }
     value = statistics.median(r["rps"] for r in runs)
     return RowResult(
@@ -205,6 +207,7 @@ def wrk_row(
         errors=sum(int(r["errors"]) for r in runs),
         non_2xx=sum(int(r["non_2xx"]) for r in runs),
         cpu_cores=statistics.median(r["cpu_cores"] for r in runs),
+        cpu_us_per_request=statistics.median(r["cpu_us_per_request"] for r in runs),
         rss_mb=[round(procstat.peak_rss_mb(pid), 1) for pid in pids()],
         server=server,
         extra=extras,

@@ -188,6 +188,7 @@ def create_app(
         ),
         jwks_max_age=parts.settings.jwks_max_age,
         trusted_proxies=parse_networks(parts.settings.trusted_proxies),
+        key_reload_interval=parts.settings.key_reload_interval,
     )
 
     @contextlib.asynccontextmanager

@@ -34,10 +34,11 @@ class CountingKeys:
         return self.keys.current()
 
 
-def es256_keys(make_settings, reload_interval: float = 0) -> tuple[Settings, DirectoryKeyStore]:
+def es256_keys(make_settings) -> tuple[Settings, DirectoryKeyStore]:
+    """ES256 keys in a tmp keys/ and a store that re-reads them at every call."""
     settings = make_settings(signing_alg="ES256", secret_key=None, key_reload_interval=0)
     build_key_manager(settings).ensure()
-    return settings, DirectoryKeyStore(Path(settings.keys_dir), "ES256", reload_interval)
+    return settings, DirectoryKeyStore(Path(settings.keys_dir), "ES256", reload_interval=0)
 
 
 def test_within_recheck_the_answer_comes_from_prepared_bytes_without_asking(
@@ -54,7 +55,7 @@ def test_within_recheck_the_answer_comes_from_prepared_bytes_without_asking(
         assert len(keys.threads) == 1
         # The one question ran in a worker thread, never on the event loop's thread.
         assert keys.threads[0] != threading.get_ident()
-        clock.now += MAX_RECHECK_SECONDS  # due again: asks, same key set, same document
+        clock.now += MAX_RECHECK_SECONDS + 0.001  # due again: asks, same key set, same document
         assert await published.document() is first
         assert len(keys.threads) == 2
 
@@ -70,7 +71,7 @@ def test_a_rotation_is_published_at_the_next_recheck(make_settings) -> None:
         before = await published.document()
         build_key_manager(settings).rotate(force=True)
         assert await published.document() is before  # within the recheck interval
-        clock.now += MAX_RECHECK_SECONDS
+        clock.now += MAX_RECHECK_SECONDS + 0.001
         after = await published.document()
         assert after.etag != before.etag
         assert after.body == store.current().jwks_bytes
