@@ -93,8 +93,8 @@ def test_quick_run_writes_sane_results_and_stops_every_server(tmp_path: Path) ->
     assert verify["extra"]["pyjwt_per_s"] > 0
 
     targets = {t["goal"]: t for t in data["targets"]}
-    chain = targets["refresh-hs256-sqlite-1w: zero errors, every chain rotating"]
-    assert chain["met"] is True
+    chain = targets["refresh: zero errors, every chain rotating"]
+    assert chain["met"] is True, chain
     assert targets["JWKS 2w >= 35,000 req/s"]["met"] is None  # not measured, not invented
 
     table = (out / "results.md").read_text()
@@ -130,17 +130,19 @@ def test_ctrl_c_stops_every_server(tmp_path: Path) -> None:
             if "wrk" in names:
                 break
             time.sleep(0.2)
-        assert bench.poll() is None, bench.stderr.read() if bench.stderr else ""
-        assert processes_under(tmp_path / "tmp"), "no server was started"
+        running = bench.poll() is None
+        servers = processes_under(tmp_path / "tmp")
         bench.send_signal(signal.SIGINT)
         _, stderr = bench.communicate(timeout=60)
+        assert running, stderr[-3000:]
+        assert servers, "no server was started:\n" + stderr[-3000:]
     finally:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
     assert bench.returncode == 130, stderr[-2000:]
     assert "every server stopped" in stderr
-    assert processes_under(tmp_path) == []
+    assert processes_under(tmp_path) == [], stderr[-2000:]
 
 
 def _children(pid: int) -> list[int]:
