@@ -232,7 +232,7 @@ def chart(rows: dict[str, RowResult], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("per second (log scale): requests, checks or verifications")
     for yi, row in zip(y, shown, strict=True):
-        label = f" {row.value:,.0f}"
+        label = f" {number(row.value)}"
         if row.p99_ms is not None and row.unit == "req/s":
             label += f"  p99 {row.p99_ms:.0f} ms"
         ax.text(row.value, yi, label, va="center", fontsize=7)
