@@ -678,8 +678,12 @@ def main() -> int:
         else:
             info["postgres"] = bench.postgres_problem or "not selected"
         report.write(out, bench.results, info)
+        results = list(bench.results.values())
     print((out / "results.md").read_text())
     print(f"results: {out}", file=sys.stderr)
+    faulty = [f"{r.name} ({r.errors} errors, {r.non_2xx} non-2xx)" for r in results if r.errors]
+    if faulty:
+        print("rows with errors: " + ", ".join(faulty), file=sys.stderr)
     return 0
 
 
