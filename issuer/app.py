@@ -238,6 +238,7 @@ def create_app(
         jwks_max_age=parts.settings.jwks_max_age,
         trusted_proxies=parse_networks(parts.settings.trusted_proxies),
         password_reset_call=PasswordResetEndpoint(parts.resets) if parts.resets else None,
+        key_reload_interval=parts.settings.key_reload_interval,
     )
 
     @contextlib.asynccontextmanager
