@@ -12,7 +12,10 @@ leeway, ``type``) and finally revocation. Each failure raises its own
 :class:`issuer.errors.TokenError`.
 
 The module-level functions (``create_access_token``, ``verify_token``…) are the seed's
-façade over a :class:`TokenService`; :func:`configure` installs the one the app built.
+façade over a :class:`TokenService`: a documented shim, nothing more. The service itself
+is an explicit object the app holds (``app.state.tokens``); :func:`configure` installs it
+for the façade, which ``issuer serve`` does for its one app per worker process
+(``create_app`` does not: two apps in one process must not share it).
 """
 
 from __future__ import annotations
@@ -229,7 +232,7 @@ _service_lock = threading.Lock()
 
 
 def configure(service: TokenService | None) -> None:
-    """Install the service the module-level functions use (``create_app`` does this)."""
+    """Install the service the module-level functions use (``issuer serve`` does this)."""
     global _service  # noqa: PLW0603 - the façade's single seam, set by the composition root
     with _service_lock:
         _service = service
@@ -240,8 +243,8 @@ def get_service() -> TokenService:
     service = _service
     if service is None:
         raise RuntimeError(
-            "issuer.tokens is not configured: create the app (issuer.app.create_app) "
-            "or call issuer.tokens.configure(TokenService(...)) first"
+            "issuer.tokens is not configured: call issuer.tokens.configure(app.state.tokens) "
+            "or configure(TokenService(...)) first (APIs verify with issuer.resource)"
         )
     return service
 
