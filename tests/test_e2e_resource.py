@@ -27,11 +27,12 @@ import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import JWKRegistry
 
-from issuer.errors import WrongTokenTypeError
+from issuer.errors import RevokedTokenError, WrongTokenTypeError
 from issuer.jwtrules import registry
 from issuer.resource import CachePolicy, JWKSVerifier
 from tests import test_e2e_rotation
 from tests.conftest import LiveServer, free_port
+from tests.readme import code_blocks
 from tests.test_e2e_rotation import (
     AUDIENCE,
     App,
@@ -52,11 +53,21 @@ ADMIN_PASSWORD = "Adm1n-Pa55word!"
 
 
 class Api:
-    """tests/resource_api.py in a uvicorn process of its own."""
+    """An API in a uvicorn process of its own: tests/resource_api.py unless told otherwise."""
 
-    def __init__(self, workdir: Path, **env: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        target: tuple[str, ...] = ("--factory", "tests.resource_api:create_app"),
+        app_dir: Path = ROOT,
+        ready_path: str = "/open",
+        **env: str,
+    ) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log_path = workdir / f"api-{self.url.rsplit(':', 1)[1]}.log"
+        self.target = target
+        self.app_dir = app_dir
+        self.ready_path = ready_path
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("ISSUER_", "API_"))}
         self.env.update({"API_" + name.upper(): value for name, value in env.items()})
         self.env["PYTHONPATH"] = str(ROOT)
@@ -68,10 +79,10 @@ class Api:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "uvicorn", "--factory", "tests.resource_api:create_app"),
+                *(sys.executable, "-m", "uvicorn", *self.target),
                 *("--host", "127.0.0.1", "--port", port),
             ],
-            cwd=ROOT,
+            cwd=self.app_dir,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -80,7 +91,7 @@ class Api:
             if self.process.poll() is not None:
                 raise AssertionError("API exited:\n" + self.log_path.read_text())
             try:
-                if self.http.get("/open").status_code == 200:
+                if self.http.get(self.ready_path).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -92,9 +103,9 @@ class Api:
             self.process.terminate()
             self.process.wait(timeout=10)
 
-    def get(self, path: str, token: str | None = None) -> httpx.Response:
+    def get(self, path: str, token: str | None = None, method: str = "GET") -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        return self.http.get(path, headers=headers)
+        return self.http.request(method, path, headers=headers)
 
 
 @pytest.fixture
@@ -105,6 +116,8 @@ def api_factory(tmp_path: Path) -> Iterator[Callable[..., Api]]:
         api = Api(tmp_path, issuer=server.url, audience=AUDIENCE, **env)
         apis.append(api)
         return api.start()
+
+    factory.apis = apis  # type: ignore[attr-defined] - for tests starting their own
 
     yield factory
     for api in apis:
@@ -387,3 +400,102 @@ def test_the_verifier_pyjwt_and_node_jose_agree_on_real_tokens(
     with pytest.raises(WrongTokenTypeError):
         verifier.verify(refresh)
     verifier.close()
+
+
+# -- the README -------------------------------------------------------------------------
+
+README_ISSUER = "http://127.0.0.1:8000"
+
+
+def client_secret(server: LiveServer, client_id: str) -> str:
+    out = server.cli("clients", "add", client_id).stdout
+    return next(
+        line.split(":", 1)[1].strip()
+        for line in out.splitlines()
+        if line.startswith("client_secret:")
+    )
+
+
+def test_the_readme_api_examples_run_as_written_against_a_live_issuer(
+    live_server_factory, api_factory, tmp_path
+):
+    server = live_server_factory(signing_alg="ES256")
+    add_admin(server)
+    server.start()
+    app = App(server)
+    alice, root = app.tokens()["access_token"], admin_token(app)
+    examples = code_blocks("Protect your API")
+    fastapi_example, starlette_example = examples[0], examples[1]
+    assert "from fastapi import" in fastapi_example
+    assert "from starlette.applications import" in starlette_example
+    (curl_lines,) = code_blocks("Protect your API", "sh")
+
+    for name, source in (
+        ("fastapi_orders", fastapi_example),
+        ("starlette_orders", starlette_example),
+    ):
+        assert README_ISSUER in source
+        app_dir = tmp_path / name
+        app_dir.mkdir()
+        (app_dir / "orders.py").write_text(source.replace(README_ISSUER, server.url))
+        api = Api(tmp_path, ("orders:app",), app_dir, "/health")
+        api_factory.apis.append(api)
+        api.start()
+
+        assert api.get("/health").json() == {"status": "ok"}
+        bare = api.get("/me")
+        assert (bare.status_code, bare.headers["www-authenticate"]) == (
+            401,
+            'Bearer realm="api"',
+        )
+        me = api.get("/me", alice)
+        assert me.status_code == 200, (name, me.text)
+        assert me.json()["username"] == "alice"
+        assert api.get("/orders/7", alice, "DELETE").status_code == 403
+        deleted = api.get("/orders/7", root, "DELETE")
+        assert deleted.json() == {"deleted": "7", "by": "root"}, (name, deleted.text)
+
+        shell = subprocess.run(
+            [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                curl_lines.replace("http://127.0.0.1:8001", api.url),
+            ],
+            env={**os.environ, "ACCESS": alice},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shell.returncode == 0, shell.stderr
+        assert '"username":"alice"' in shell.stdout.replace(" ", "")
+        assert "HTTP/1.1 403" in shell.stdout
+
+
+def test_the_readme_verifier_modes_run_as_written_against_live_issuers(
+    live_server_factory, monkeypatch
+):
+    modes = code_blocks("Choosing a verifier")
+    assert len(modes) == 1 and README_ISSUER in modes[0]
+    hs256_secret = secrets.token_urlsafe(48)
+    asymmetric = live_server_factory(signing_alg="EdDSA")
+    shared = live_server_factory(secret_key=hs256_secret)
+    for server in (asymmetric, shared):
+        server.start()
+        app = App(server)
+        monkeypatch.setenv("ISSUER_SECRET_KEY", hs256_secret)
+        monkeypatch.setenv("ORDERS_API_CLIENT_SECRET", client_secret(server, "orders-api"))
+        namespace: dict[str, Any] = {}
+        exec(compile(modes[0].replace(README_ISSUER, server.url), "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+        token = app.tokens()["access_token"]
+        local = namespace["jwks"] if server is asymmetric else namespace["shared_secret"]
+        assert local.verify(token).username == "alice"
+        assert namespace["introspection"].verify(token).username == "alice"
+        app.http.post("/oauth/revoke", data={"token": token}, auth=("webapp", app.secret))
+        assert local.verify(token).username == "alice"  # local checks cannot see a logout
+        fresh = app.tokens()["access_token"]
+        app.http.post("/oauth/revoke", data={"token": fresh}, auth=("webapp", app.secret))
+        with pytest.raises(RevokedTokenError):
+            namespace["introspection"].verify(fresh)
