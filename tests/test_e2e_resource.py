@@ -40,6 +40,7 @@ from tests.test_e2e_rotation import (
     keys_by_state,
     kid_of,
     pyjwt_verify,
+    rotate_twice,
 )
 from tests.test_jwks import forge, hs256_with
 from tests.test_resource import tampered
@@ -235,21 +236,9 @@ def test_two_key_rotations_during_a_request_stream_refuse_no_valid_token(
     app = App(server)
     api = api_factory(server, min_age=str(max_age), cooldown="30")
     rotations: list[str] = []
+    too_soon: list[str] = []
     errors: list[str] = []
-
-    def rotate_twice() -> None:
-        for _ in range(60):  # bounded: at most ~30 s of retries
-            done = server.cli("keys", "rotate", check=False)
-            if done.returncode == 0:
-                rotations.append(done.stdout)
-                if len(rotations) == 2:
-                    return
-            elif "--force" not in done.stderr:
-                errors.append(done.stderr)
-                return
-            time.sleep(0.5)
-
-    rotator = threading.Thread(target=rotate_twice)
+    rotator = threading.Thread(target=rotate_twice, args=(server, rotations, too_soon, errors))
     refusals: list[str] = []
     kids: list[str] = []
     accepted = 0
@@ -347,11 +336,7 @@ def test_cached_keys_keep_verifying_while_the_issuer_is_down(live_server_factory
 def test_introspection_mode_refuses_a_revoked_token_at_once(live_server_factory, api_factory):
     server = live_server_factory().start()  # HS256: the API never sees the secret
     app = App(server)
-    api_secret = next(
-        line.split(":", 1)[1].strip()
-        for line in server.cli("clients", "add", "orders-api").stdout.splitlines()
-        if line.startswith("client_secret:")
-    )
+    api_secret = client_secret(server, "orders-api")
     credentials = {"mode": "introspection", "client_id": "orders-api", "client_secret": api_secret}
     uncached = api_factory(server, cache_ttl="0", **credentials)
     cached = api_factory(server, **credentials)

@@ -672,3 +672,11 @@ def test_unsigned_helper_really_is_unsigned(rsa):
     token = unsigned(claims_for(), rsa.thumbprint())
     assert token.endswith(".")
     assert jws.extract_compact(token.encode()).headers()["alg"] == "none"
+
+
+def test_an_empty_jwks_says_what_is_probably_wrong(caplog, rsa):
+    fake = FakeIssuer([])
+    verifier = jwks_verifier(fake)
+    with pytest.raises(BadSignatureError):
+        verifier.verify(sign(rsa, "RS256", claims_for()))
+    assert "HS256" in caplog.text and "SecretVerifier" in caplog.text

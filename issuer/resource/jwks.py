@@ -233,6 +233,14 @@ class RemoteKeySet:
                 self._fresh_until = now + self.policy.lifetime(outcome.max_age)
                 self._retry_at = 0.0
                 first_failure, self._failing = False, False
+        if keys == {}:
+            # An HS256 issuer publishes nothing: every token would be an "unknown key id".
+            log.warning(
+                "the JWKS at %s has no key for %s: is the issuer signing with HS256? "
+                "(use SecretVerifier or IntrospectionVerifier then)",
+                self._jwks_uri,
+                ", ".join(sorted(self.algorithms)),
+            )
         if isinstance(outcome, Exception) and first_failure:
             stale = "keeping the last good key set" if self._keys is not None else "no keys yet"
             log.warning("JWKS fetch failed (%s); %s", outcome, stale)
