@@ -680,3 +680,24 @@ def test_an_empty_jwks_says_what_is_probably_wrong(caplog, rsa):
     with pytest.raises(BadSignatureError):
         verifier.verify(sign(rsa, "RS256", claims_for()))
     assert "HS256" in caplog.text and "SecretVerifier" in caplog.text
+
+
+def test_while_a_refresh_is_under_way_known_keys_do_not_wait_for_it(fake, rsa):
+    timer = Timer()
+    verifier = jwks_verifier(fake, timer, timeout=60)
+    token = sign(rsa, "RS256", claims_for())
+    verifier.verify(token)
+    timer.now += 300  # stale: the next lookup refreshes
+    fake.gate = threading.Event()
+    leader = threading.Thread(target=verifier.verify, args=(token,))
+    leader.start()
+    while fake.jwks_fetches < 2:  # the leader is inside its fetch, held at the gate
+        time.sleep(0.01)
+    follower = threading.Thread(target=verifier.verify, args=(token,))
+    follower.start()
+    follower.join(10)  # a deadlock detector, not a timing check: it would wait ~3 minutes
+    stuck = follower.is_alive()
+    fake.gate.set()
+    leader.join(10)
+    follower.join(10)
+    assert not stuck

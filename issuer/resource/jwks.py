@@ -136,6 +136,8 @@ class RemoteKeySet:
         """Whether this lookup must fetch (or wait for a fetch), decided under the lock."""
         with self._lock:
             if self._flight is not None:
+                if self._keys is not None and kid in self._keys:
+                    return None, False  # a refresh is under way: the known key serves meanwhile
                 return self._flight, False
             if not self._should_fetch(kid, self.timer()):
                 return None, False
