@@ -46,7 +46,7 @@ def canonical_username(name: str) -> str:
     """The form in which usernames are compared, stored unique, rate limited and audited.
 
     Unicode NFKC_Casefold (UAX #15 / UTS #39 style): NFKC, case folding, NFKC again, so
-    ``ALICE``, ``Alice`` and the full-width ``ａｌｉｃｅ`` are one name. Folding alone can
+    ``ALICE``, ``Alice`` and its full-width form (U+FF41 …) are one name. Folding alone can
     leave a string that is no longer NFKC (e.g. ``ǰ``), hence the second pass.
     """
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())

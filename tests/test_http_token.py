@@ -386,6 +386,32 @@ def test_confidential_client_must_use_its_registered_method(client, components, 
     )
 
 
+def test_wrong_method_names_the_registered_and_the_attempted_method(
+    client, components, basic, alice
+):
+    as_post = password_form(client_id="webapp", client_secret=basic[1])
+    description = client.post(TOKEN, data=as_post).json()["error_description"]
+    assert "registered for client_secret_basic" in description
+    assert "used client_secret_post" in description
+    assert "--auth-method client_secret_post" in description
+
+    secret = add_client(components.store, "poster", method=AuthMethod.CLIENT_SECRET_POST)
+    response = client.post(TOKEN, data=password_form(), auth=("poster", secret))
+    assert "registered for client_secret_post" in response.json()["error_description"]
+    assert "used client_secret_basic" in response.headers["www-authenticate"]
+
+    add_client(components.store, "spa", method=AuthMethod.NONE)
+    with_secret = password_form(client_id="spa", client_secret="anything")
+    assert "registered for none" in client.post(TOKEN, data=with_secret).json()["error_description"]
+
+
+def test_wrong_secret_and_unknown_client_keep_the_generic_description(client, basic, alice):
+    wrong = client.post(TOKEN, data=password_form(), auth=("webapp", basic[1] + "x"))
+    unknown = client.post(TOKEN, data=password_form(), auth=("ghost", "secret"))
+    for response in (wrong, unknown):
+        assert response.json()["error_description"] == "Client authentication failed."
+
+
 def test_public_client_with_a_secret_is_invalid_client(client, components, alice):
     add_client(components.store, "spa", method=AuthMethod.NONE)
     form = password_form(client_id="spa", client_secret="anything")

@@ -128,6 +128,46 @@ def basic_credentials(request: OAuth2Request) -> tuple[str, str] | None:
     return unquote(client_id), unquote(secret)
 
 
+def attempted_auth_method(request: OAuth2Request) -> tuple[AuthMethod, str] | None:
+    """Which client authentication method the request used, and the client id it named.
+
+    None when it names no client at all. A malformed Basic header counts as
+    ``client_secret_basic`` with no usable id (the caller already refused it).
+    """
+    if uses_basic(request):
+        try:
+            credentials = basic_credentials(request)
+        except InvalidClientError:
+            return None
+        return (AuthMethod.CLIENT_SECRET_BASIC, credentials[0]) if credentials else None
+    client_id = request.form.get("client_id")
+    if not client_id:
+        return None
+    if "client_secret" in request.form:
+        return AuthMethod.CLIENT_SECRET_POST, client_id
+    return AuthMethod.NONE, client_id
+
+
+def method_mismatch_description(registered: AuthMethod, attempted: AuthMethod) -> str:
+    """Why a known client failed: it used another method than the one it is registered for.
+
+    Client ids are not secrets (they travel in every request), and naming both methods
+    saves a developer an hour; ORY Hydra answers the same way. The secret's correctness
+    is never hinted at.
+    """
+    how = {
+        AuthMethod.CLIENT_SECRET_BASIC: "send client_id and client_secret in an HTTP Basic "
+        "Authorization header",
+        AuthMethod.CLIENT_SECRET_POST: "send client_id and client_secret in the form body",
+        AuthMethod.NONE: "send only client_id in the form body, no secret",
+    }[registered]
+    return (
+        f"This client is registered for {registered.value}, but the request used "
+        f"{attempted.value}: {how}, or register the client with "
+        f"--auth-method {attempted.value}."
+    )
+
+
 def authenticate_client_secret_basic(
     query_client: QueryClient, request: OAuth2Request
 ) -> OAuthClient | None:

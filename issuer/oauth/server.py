@@ -24,9 +24,11 @@ from issuer.models import RefreshRecord, User
 from issuer.oauth.clients import (
     ClientAuthenticationError,
     OAuthClient,
+    attempted_auth_method,
     authenticate_client_secret_basic,
     authenticate_client_secret_post,
     authenticate_none,
+    method_mismatch_description,
     scope_list,
     uses_basic,
 )
@@ -123,9 +125,19 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         except InvalidClientError as error:
             raise ClientAuthenticationError(
                 status_code=401 if uses_basic(request) else 400,
-                description="Client authentication failed.",
+                description=self._client_failure_description(request),
             ) from error
         return client
+
+    def _client_failure_description(self, request: OAuth2Request) -> str:
+        """Generic, unless a known client used another method than its registered one."""
+        attempted = attempted_auth_method(request)
+        if attempted is not None:
+            method, client_id = attempted
+            known = self.store.get_client(client_id)
+            if known is not None and known.auth_method is not method:
+                return method_mismatch_description(known.auth_method, method)
+        return "Client authentication failed."
 
     # -- the three endpoints -------------------------------------------------
 
