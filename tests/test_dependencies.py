@@ -292,7 +292,8 @@ def test_two_apps_in_one_process_each_use_their_own_token_service(
     """No module-global service: an app sees only the TokenService it holds."""
     from issuer import tokens  # noqa: PLC0415 - the shim under test
 
-    assert getattr(tokens, "_service", None) is None  # create_app installed nothing global
+    with pytest.raises(RuntimeError):  # create_app installed nothing global
+        tokens.get_service()
     token = login(issuer)["access_token"]
     other_settings = make_settings(
         secret_key=secrets.token_urlsafe(48),

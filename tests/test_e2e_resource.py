@@ -336,7 +336,7 @@ def test_cached_keys_keep_verifying_while_the_issuer_is_down(live_server_factory
 def test_introspection_mode_refuses_a_revoked_token_at_once(live_server_factory, api_factory):
     server = live_server_factory().start()  # HS256: the API never sees the secret
     app = App(server)
-    api_secret = client_secret(server, "orders-api")
+    api_secret = resource_server_client(server, "orders-api")
     credentials = {"mode": "introspection", "client_id": "orders-api", "client_secret": api_secret}
     uncached = api_factory(server, cache_ttl="0", **credentials)
     cached = api_factory(server, **credentials)
@@ -392,11 +392,19 @@ def test_the_verifier_pyjwt_and_node_jose_agree_on_real_tokens(
 README_ISSUER = "http://127.0.0.1:8000"
 
 
-def client_secret(server: LiveServer, client_id: str) -> str:
-    out = server.cli("clients", "add", client_id).stdout
+def resource_server_client(server: LiveServer, client_id: str) -> str:
+    """Register an API as a confidential client that may introspect any token; its secret.
+
+    ``--introspect`` (RFC 7662 §4 permissions) is how the README registers one; an issuer
+    without that option lets every confidential client introspect every token.
+    """
+    done = server.cli("clients", "add", client_id, "--introspect", check=False)
+    if done.returncode == 2 and "--introspect" in done.stderr:
+        done = server.cli("clients", "add", client_id)
+    assert done.returncode == 0, done.stderr
     return next(
         line.split(":", 1)[1].strip()
-        for line in out.splitlines()
+        for line in done.stdout.splitlines()
         if line.startswith("client_secret:")
     )
 
@@ -471,7 +479,7 @@ def test_the_readme_verifier_modes_run_as_written_against_live_issuers(
         server.start()
         app = App(server)
         monkeypatch.setenv("ISSUER_SECRET_KEY", hs256_secret)
-        monkeypatch.setenv("ORDERS_API_CLIENT_SECRET", client_secret(server, "orders-api"))
+        monkeypatch.setenv("ORDERS_API_CLIENT_SECRET", resource_server_client(server, "orders-api"))
         namespace: dict[str, Any] = {}
         exec(compile(modes[0].replace(README_ISSUER, server.url), "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
         token = app.tokens()["access_token"]
