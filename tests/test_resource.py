@@ -42,6 +42,7 @@ from issuer.resource import (
     Principal,
     SecretVerifier,
 )
+from issuer.resource.fetch import cache_max_age
 from tests.test_jwks import forge, hs256_with
 
 ISSUER = "https://id.example.com"
@@ -701,3 +702,19 @@ def test_while_a_refresh_is_under_way_known_keys_do_not_wait_for_it(fake, rsa):
     leader.join(10)
     follower.join(10)
     assert not stuck
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("public, max-age=300", 300.0),
+        ("s-maxage=10, max-age=20", 20.0),  # s-maxage is for shared caches, not us
+        ("no-cache", 0.0),
+        ("no-store, max-age=60", 0.0),
+        ("private", None),
+        (None, None),
+        ('max-age="5"', 5.0),
+    ],
+)
+def test_cache_control_is_read_as_a_private_cache_reads_it(header, seconds):
+    assert cache_max_age(header) == seconds

@@ -25,7 +25,8 @@ from issuer.errors import IssuerUnreachableError
 
 MAX_DOCUMENT_BYTES = 1 << 20
 DEFAULT_TIMEOUT = 5.0
-_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-maxage|max-age)\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.I)
+# max-age only: s-maxage is for shared caches (RFC 9111 §5.2.2.10), which a verifier is not.
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.I)
 _NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-cache|no-store)\s*(?:,|=|$)", re.I)
 
 
