@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -182,9 +183,7 @@ def create_app(
         keys=parts.keys,
         store=parts.store,
         users=parts.users,
-        discovery_bytes=metadata_bytes(
-            parts.settings.url, parts.settings.scopes, parts.settings.signing_alg
-        ),
+        discovery_bytes=metadata_bytes(parts.settings.url, parts.server),
         jwks_max_age=parts.settings.jwks_max_age,
         trusted_proxies=parse_networks(parts.settings.trusted_proxies),
     )
@@ -203,17 +202,21 @@ def create_app(
                     await purger
             parts.engine.dispose()
 
+    # An issuer URL with a path (https://host/tenant) serves every endpoint under it.
+    base = urlsplit(parts.settings.url).path
     app = Starlette(
         routes=[
-            Route(routes.TOKEN, endpoints.token, methods=["POST"]),
-            Route(routes.REVOKE, endpoints.revoke, methods=["POST"]),
-            Route(routes.INTROSPECT, endpoints.introspect, methods=["POST"]),
-            Route(routes.USERINFO, endpoints.userinfo, methods=["GET", "POST"]),
-            Route(routes.JWKS, endpoints.jwks, methods=["GET"]),
-            Route(routes.OAUTH_METADATA, endpoints.discovery, methods=["GET"]),
-            Route(routes.OIDC_METADATA, endpoints.discovery, methods=["GET"]),
-            Route(routes.HEALTHZ, endpoints.healthz, methods=["GET"]),
-            Route(routes.READYZ, endpoints.readyz, methods=["GET"]),
+            Route(base + routes.TOKEN, endpoints.token, methods=["POST"]),
+            Route(base + routes.REVOKE, endpoints.revoke, methods=["POST"]),
+            Route(base + routes.INTROSPECT, endpoints.introspect, methods=["POST"]),
+            Route(base + routes.USERINFO, endpoints.userinfo, methods=["GET", "POST"]),
+            Route(base + routes.JWKS, endpoints.jwks, methods=["GET"]),
+            *(
+                Route(path, endpoints.discovery, methods=["GET"])
+                for path in routes.metadata_paths(base)
+            ),
+            Route(base + routes.HEALTHZ, endpoints.healthz, methods=["GET"]),
+            Route(base + routes.READYZ, endpoints.readyz, methods=["GET"]),
         ],
         middleware=[Middleware(AccessLogMiddleware)],
         exception_handlers={HTTPException: http_exception, Exception: unexpected},

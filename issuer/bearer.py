@@ -21,9 +21,9 @@ def token_from_header(authorization: str | None) -> str | None:
 def challenge(
     error: str | None = None,
     description: str | None = None,
+    scope: str | None = None,
     *,
     realm: str = REALM,
-    scope: str | None = None,
 ) -> str:
     """A ``WWW-Authenticate`` value (§3); no error code when no credentials were sent.
 

@@ -296,7 +296,11 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
     method = (
         AuthMethod.NONE if args.public else AuthMethod(args.auth_method or "client_secret_basic")
     )
-    grants = tuple(dict.fromkeys(args.grant or GRANT_TYPES))
+    if args.introspect and args.public:
+        raise UsageError("--introspect needs a confidential client (introspection takes a secret)")
+    # A resource server only introspects: unless --grant says otherwise, it gets no grant.
+    default_grants: tuple[str, ...] = () if args.introspect else GRANT_TYPES
+    grants = tuple(dict.fromkeys(args.grant or default_grants))
     unknown_grants = [g for g in grants if g not in GRANT_TYPES]
     if unknown_grants:
         raise UsageError(
@@ -317,9 +321,12 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
         secret_hash=hash_client_secret(secret) if secret else None,
         name=args.name or "",
         created_at=int(time.time()),
+        may_introspect=args.introspect,
     )
     _store(settings).add_client(client)
-    print(f"added client {client.client_id} ({method.value}; grants: {' '.join(grants)})")
+    shown = " ".join(grants) or "(none)"
+    extra = "; may introspect every token" if client.may_introspect else ""
+    print(f"added client {client.client_id} ({method.value}; grants: {shown}{extra})")
     if secret:
         print(f"client_secret: {secret}")
         print("This secret is shown once and stored only as a hash. Keep it safe.")
@@ -328,14 +335,34 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_clients_list(settings: Settings, args: argparse.Namespace) -> int:
     found = _store(settings).list_clients()  # before the header: an error prints nothing
-    print(f"{'CLIENT_ID':<24} {'AUTH':<20} {'GRANTS':<24} {'SCOPES':<24} CREATED")
+    print(f"{'CLIENT_ID':<24} {'AUTH':<20} {'GRANTS':<24} {'SCOPES':<24} INTROSPECT CREATED")
     for c in found:
         scopes = " ".join(c.scopes) or "(all)"
+        grants = " ".join(c.grant_types) or "(none)"
+        introspect = "all" if c.may_introspect else "own"
         print(
-            f"{c.client_id:<24} {c.auth_method.value:<20} {' '.join(c.grant_types):<24} "
-            f"{scopes:<24} {_ts(c.created_at)}"
+            f"{c.client_id:<24} {c.auth_method.value:<20} {grants:<24} "
+            f"{scopes:<24} {introspect:<10} {_ts(c.created_at)}"
         )
     return 0
+
+
+def _set_introspection(allowed: bool) -> Callable[[Settings, argparse.Namespace], int]:
+    def command(settings: Settings, args: argparse.Namespace) -> int:
+        store = _store(settings)
+        client = store.get_client(args.client_id)
+        if client is None:
+            raise UsageError(f"no client {args.client_id!r}")
+        if allowed and client.is_public:
+            raise UsageError("a public client cannot introspect (introspection takes a secret)")
+        store.set_client_introspection(args.client_id, allowed)
+        if allowed:
+            print(f"client {args.client_id} may now introspect every token")
+        else:
+            print(f"client {args.client_id} may now introspect only its own tokens")
+        return 0
+
+    return command
 
 
 def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
@@ -389,6 +416,41 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------
 
 
+def _add_clients_commands(sub: Any) -> None:
+    """``issuer clients …``: its own function, to keep build_parser readable."""
+    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
+        dest="clients", required=True
+    )
+    cadd = clients.add_parser("add", help="register a client (prints its secret once)")
+    cadd.add_argument("client_id")
+    cadd.add_argument("--public", action="store_true", help="no secret (auth method 'none')")
+    cadd.add_argument(
+        "--auth-method", choices=["client_secret_basic", "client_secret_post"], default=None
+    )
+    cadd.add_argument(
+        "--grant", action="append", help="password, refresh_token (repeatable; default both)"
+    )
+    cadd.add_argument("--scope", help="allowed scopes, space-separated (default: all)")
+    cadd.add_argument("--name", help="a human-readable name")
+    cadd.add_argument(
+        "--introspect",
+        action="store_true",
+        help="may introspect every token (for resource servers; no grants unless --grant)",
+    )
+    cadd.set_defaults(func=cmd_clients_add)
+    clients.add_parser("list").set_defaults(func=cmd_clients_list)
+    for name, allowed, what in (
+        ("allow-introspection", True, "let a resource server introspect every token"),
+        ("deny-introspection", False, "limit a client to introspecting its own tokens"),
+    ):
+        toggle = clients.add_parser(name, help=what)
+        toggle.add_argument("client_id")
+        toggle.set_defaults(func=_set_introspection(allowed))
+    crm = clients.add_parser("remove")
+    crm.add_argument("client_id")
+    crm.set_defaults(func=cmd_clients_remove)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="issuer", description="A self-hosted OAuth 2.0 token issuer.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -427,25 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     setpw.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
     setpw.set_defaults(func=cmd_users_set_password)
 
-    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
-        dest="clients", required=True
-    )
-    cadd = clients.add_parser("add", help="register a client (prints its secret once)")
-    cadd.add_argument("client_id")
-    cadd.add_argument("--public", action="store_true", help="no secret (auth method 'none')")
-    cadd.add_argument(
-        "--auth-method", choices=["client_secret_basic", "client_secret_post"], default=None
-    )
-    cadd.add_argument(
-        "--grant", action="append", help="password, refresh_token (repeatable; default both)"
-    )
-    cadd.add_argument("--scope", help="allowed scopes, space-separated (default: all)")
-    cadd.add_argument("--name", help="a human-readable name")
-    cadd.set_defaults(func=cmd_clients_add)
-    clients.add_parser("list").set_defaults(func=cmd_clients_list)
-    crm = clients.add_parser("remove")
-    crm.add_argument("client_id")
-    crm.set_defaults(func=cmd_clients_remove)
+    _add_clients_commands(sub)
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys", required=True)
     rotate = keys.add_parser("rotate", help="advance every key one state (first run creates)")

@@ -93,6 +93,9 @@ class Client:
     secret_hash: str | None = field(default=None, repr=False)
     name: str = ""
     created_at: int = 0
+    # May introspect every token (RFC 7662 §4): for resource servers. Other clients
+    # introspect only the tokens issued to them.
+    may_introspect: bool = False
 
     @property
     def is_public(self) -> bool:

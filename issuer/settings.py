@@ -14,6 +14,7 @@ import ipaddress
 import itertools
 import math
 import os
+import re
 import tomllib
 from collections import Counter
 from collections.abc import Mapping
@@ -41,6 +42,8 @@ _REPEAT_CANDIDATES = 64
 SECRET_SETTINGS = ("secret_key", "secret_key_file")
 LOOPBACK_HOSTS = ("localhost",)
 RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
+# The path of an issuer URL (every endpoint is served under it): plain segments only.
+_ISSUER_PATH = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~-]+)+")
 
 
 class Secret:
@@ -454,6 +457,11 @@ def _url_problems(s: Settings) -> list[str]:  # noqa: PLR0911 - the first broken
         return [f"url: invalid port in {s.url!r}"]
     if s.url.endswith("/"):
         return ["url: must not end with '/' (it is compared exactly as the 'iss' claim)"]
+    if parts.path and not _ISSUER_PATH.fullmatch(parts.path):
+        return [
+            "url: the path must be '/'-separated names of letters, digits and . _ ~ - "
+            f"(no empty, '.' or '..' segment, no %-escapes), got {parts.path!r}"
+        ]
     if parts.scheme == "http" and not is_loopback(parts.hostname) and not s.allow_insecure_http:
         return [
             "url: plain http is only allowed on a loopback host; use https, "

@@ -151,6 +151,10 @@ class TokenService:
         )
         return claims
 
+    def sign(self, claims: dict[str, Any], typ: str) -> str:
+        """``claims`` signed as-is with the active key and its ``kid`` (e.g. an ID token)."""
+        return self._sign(claims, typ)
+
     def _sign(self, claims: dict[str, Any], typ: str) -> str:
         signing = self.keys.current().signing
         if signing is None:

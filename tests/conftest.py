@@ -9,16 +9,21 @@ the server is unreachable they skip, saying why, unless ``ISSUER_TEST_REQUIRE_SE
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -177,6 +182,7 @@ def add_client(
     method: AuthMethod = AuthMethod.CLIENT_SECRET_BASIC,
     grants: tuple[str, ...] = ("password", "refresh_token"),
     scopes: tuple[str, ...] = (),
+    introspect: bool = False,
 ) -> str | None:
     """Register a client; returns its cleartext secret (None for a public client)."""
     secret = None if method is AuthMethod.NONE else secrets.token_urlsafe(32)
@@ -188,6 +194,7 @@ def add_client(
             scopes=scopes,
             secret_hash=hash_client_secret(secret) if secret else None,
             created_at=int(time.time()),
+            may_introspect=introspect,
         )
     )
     return secret
@@ -246,7 +253,7 @@ class LiveServer:
         return result
 
     def start(self) -> LiveServer:
-        port = self.url.rsplit(":", 1)[1]
+        port = str(urlsplit(self.url).port)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "issuer", "serve", "--port", port],
@@ -296,6 +303,47 @@ def server_env(workdir: Path, **overrides: Any) -> dict[str, str]:
     )
     env.update({"ISSUER_" + name.upper(): str(value) for name, value in overrides.items()})
     return env
+
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+@pytest.fixture(scope="session")
+def node_dir() -> Path:
+    """tests/node with every package of its package.json installed (npm, once)."""
+    for tool in ("node", "npm"):
+        assert shutil.which(tool), f"{tool} is needed for the node client tests"
+    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    lock_path = Path(tempfile.gettempdir()) / "issuer-tests-npm-install.lock"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other test sessions may share this checkout
+        if not all((NODE_DIR / "node_modules" / n / "package.json").is_file() for n in wanted):
+            subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--no-package-lock"],
+                cwd=NODE_DIR,
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+    return NODE_DIR
+
+
+def run_node_script(script: Path, request: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Run a tests/node script with ``request`` as JSON on stdin.
+
+    The scripts exit 0 when everything held, 1 when their library refused something, and 2
+    on bad input (a bug in the test, hence the assertion).
+    """
+    done = subprocess.run(
+        ["node", str(script)],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done
 
 
 @pytest.fixture

@@ -477,6 +477,49 @@ def test_clients_add_records_method_grants_and_scopes(ready):
     assert row.split()[1:5] == ["client_secret_post", "password", "read", "write"]
 
 
+def test_clients_add_introspect_registers_a_resource_server_without_grants(ready):
+    result = ready("clients", "add", "api", "--introspect")
+    assert result.code == 0, result.err
+    assert "grants: (none); may introspect every token" in result.out
+    secret_from(result)
+    client = ready.store().get_client("api")
+    assert client.may_introspect is True
+    assert client.grant_types == ()
+    assert ready.store().get_client("webapp").may_introspect is False
+    rows = {line.split()[0]: line.split() for line in ready("clients", "list").out.splitlines()}
+    assert rows["api"][2] == "(none)"
+    assert rows["api"][4] == "all"
+    assert rows["webapp"][5] == "own"
+
+    both = ready("clients", "add", "bff", "--introspect", "--grant", "password")
+    assert both.code == 0, both.err
+    assert ready.store().get_client("bff").grant_types == ("password",)
+
+
+def test_clients_add_introspect_refuses_a_public_client(ready):
+    before = ready.snapshot()
+    assert_refused(ready("clients", "add", "spa", "--public", "--introspect"), "confidential")
+    assert ready.snapshot() == before
+
+
+def test_an_existing_client_is_allowed_and_denied_introspection(ready):
+    """After upgrading, a resource server keeps its secret and gets the permission back."""
+    allowed = ready("clients", "allow-introspection", "webapp")
+    assert allowed.code == 0, allowed.err
+    assert "every token" in allowed.out
+    assert ready.store().get_client("webapp").may_introspect is True
+    assert ready("clients", "deny-introspection", "webapp").code == 0
+    assert ready.store().get_client("webapp").may_introspect is False
+
+
+def test_introspection_cannot_be_allowed_to_a_missing_or_public_client(ready):
+    assert ready("clients", "add", "spa", "--public").code == 0
+    before = ready.snapshot()
+    assert_refused(ready("clients", "allow-introspection", "nobody"), "no client")
+    assert_refused(ready("clients", "allow-introspection", "spa"), "public")
+    assert ready.snapshot() == before
+
+
 def test_clients_remove_deletes_the_client(ready):
     assert ready("clients", "remove", "webapp").code == 0
     assert ready.store().get_client("webapp") is None

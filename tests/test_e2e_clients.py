@@ -204,10 +204,13 @@ def test_authlib_public_client_logs_in_refreshes_and_logs_out(server):
         assert second["refresh_token"] != first["refresh_token"]
         assert client.token["access_token"] == second["access_token"]
 
+        # Under HS256 an ID token is keyed with the client secret (OIDC Core §10.1): a
+        # public client has none, so its default scope leaves openid (and /userinfo) out.
+        assert second["scope"] == "profile"
+        assert "id_token" not in second
         me = client.get(server.url + "/userinfo")
-        assert me.status_code == 200, me.text
-        assert me.json()["username"] == "alice"
-        assert me.json()["role"] == "engineer"
+        assert me.status_code == 403, me.text
+        assert 'error="insufficient_scope"' in me.headers["www-authenticate"]
 
         # Logout: the access token is denied at once, the refresh token's session ends.
         assert client.revoke_token(revoke_url, token=second["access_token"]).status_code == 200

@@ -7,11 +7,8 @@ through the `issuer keys` command, and verification is what a resource server wo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,31 +18,17 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, run_node_script
 
 pytestmark = pytest.mark.e2e
 
-NODE_DIR = Path(__file__).parent / "node"
 AUDIENCE = "issuer-api"
 
 
 @pytest.fixture(scope="session")
-def node_verifier() -> Path:
-    """tests/node with jose installed (npm install once, when node_modules is missing)."""
-    for tool in ("node", "npm"):
-        assert shutil.which(tool), f"{tool} is needed for the jose verifier tests"
-    lock_path = Path(tempfile.gettempdir()) / "issuer-tests-npm-install.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # other test sessions may share this checkout
-        if not (NODE_DIR / "node_modules" / "jose" / "package.json").is_file():
-            subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--no-package-lock"],
-                cwd=NODE_DIR,
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-    return NODE_DIR / "verify.mjs"
+def node_verifier(node_dir: Path) -> Path:
+    """The jose verifier script (tests/node/verify.mjs), its packages installed."""
+    return node_dir / "verify.mjs"
 
 
 def jose_verify(script: Path, server, tokens: list[str]) -> list[dict[str, Any]]:
@@ -56,15 +39,7 @@ def jose_verify(script: Path, server, tokens: list[str]) -> list[dict[str, Any]]
         "issuer": server.url,
         "audience": AUDIENCE,
     }
-    done = subprocess.run(
-        ["node", str(script)],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode in (0, 1), done.stderr
+    done = run_node_script(script, request)
     results = json.loads(done.stdout)["results"]
     assert (done.returncode == 0) == all(r["ok"] for r in results)
     return results

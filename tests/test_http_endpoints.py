@@ -30,8 +30,8 @@ USERINFO = "/userinfo"
 
 @pytest.fixture
 def resource_server(components):
-    """A confidential client that introspects tokens for an API."""
-    return ("api", add_client(components.store, "api"))
+    """A confidential client that introspects tokens for an API (``--introspect``)."""
+    return ("api", add_client(components.store, "api", grants=(), introspect=True))
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ def test_introspecting_a_valid_refresh_token_is_active(client, alice, login, res
     for hint in ({}, {"token_type_hint": "refresh_token"}, {"token_type_hint": "access_token"}):
         body = introspect(client, token, resource_server, **hint)
         assert body["active"] is True, hint
-        assert body["token_type"] == "refresh_token"
+        assert "token_type" not in body  # RFC 7662 §2.2: not a token type of RFC 6749 §7.1
         assert body["sub"] == alice.id
         assert body["client_id"] == "webapp"
 
@@ -329,6 +329,29 @@ def test_introspecting_an_expired_token_is_inactive(clocked):
     assert 'error="invalid_token"' in userinfo.headers["www-authenticate"]
 
 
+def test_a_client_without_the_permission_sees_other_clients_tokens_as_inactive(
+    client, components, login, basic
+):
+    """RFC 7662 §4: an ordinary client learns nothing about tokens not issued to it."""
+    theirs = login()
+    app_secret = add_client(components.store, "other-app")
+    for token in (theirs["access_token"], theirs["refresh_token"]):
+        assert introspect(client, token, ("other-app", app_secret)) == {"active": False}
+    # Its own tokens, and webapp's own, it may still ask about.
+    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+    own = client.post(TOKEN, data=data, auth=("other-app", app_secret)).json()
+    assert introspect(client, own["access_token"], ("other-app", app_secret))["active"] is True
+    assert introspect(client, theirs["access_token"], basic)["active"] is True
+
+
+def test_a_resource_server_may_introspect_every_clients_tokens(
+    client, components, login, resource_server
+):
+    tokens = login()
+    assert introspect(client, tokens["access_token"], resource_server)["client_id"] == "webapp"
+    assert introspect(client, tokens["refresh_token"], resource_server)["active"] is True
+
+
 def test_introspection_refuses_a_public_client(client, components, login, alice):
     access = login()["access_token"]
     add_client(components.store, "spa", method=AuthMethod.NONE)
@@ -348,7 +371,9 @@ def test_introspection_refuses_unauthenticated_and_wrong_secret_callers(client, 
 
 def test_introspection_accepts_client_secret_post(client, components, login):
     access = login()["access_token"]
-    secret = add_client(components.store, "poster", method=AuthMethod.CLIENT_SECRET_POST)
+    secret = add_client(
+        components.store, "poster", method=AuthMethod.CLIENT_SECRET_POST, introspect=True
+    )
     response = client.post(
         INTROSPECT, data={"token": access, "client_id": "poster", "client_secret": secret}
     )
@@ -383,7 +408,12 @@ def test_userinfo_returns_the_user_behind_the_token(client, alice, login):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     assert response.headers["cache-control"] == "no-store"
-    assert response.json() == {"sub": alice.id, "username": "alice", "role": "engineer"}
+    assert response.json() == {
+        "sub": alice.id,
+        "username": "alice",
+        "role": "engineer",
+        "preferred_username": "alice",
+    }
 
 
 def test_userinfo_also_answers_post(client, alice, login):

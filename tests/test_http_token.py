@@ -51,7 +51,9 @@ def assert_token_response(response, scope: str) -> dict:
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
+    pair = {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
+    # OIDC Core §3.1.3.3: an ID token exactly when openid was granted.
+    assert set(body) == (pair | {"id_token"} if "openid" in scope.split() else pair)
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 1800
     assert body["scope"] == scope
@@ -336,11 +338,37 @@ def test_client_not_registered_for_the_password_grant_is_unauthorized_client(
     assert_error(response, "unauthorized_client")
 
 
-def test_client_not_registered_for_refresh_is_unauthorized_client(client, components, alice):
+def test_client_without_the_refresh_grant_gets_no_refresh_token_and_no_record(
+    client, components, alice
+):
     secret = add_client(components.store, "once", grants=("password",))
-    login = client.post(TOKEN, data=password_form(), auth=("once", secret)).json()
-    response = client.post(TOKEN, data=refresh_form(login["refresh_token"]), auth=("once", secret))
+    response = client.post(TOKEN, data=password_form(), auth=("once", secret))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "refresh_token" not in body
+    assert body["token_type"] == "Bearer"
+    assert access_claims(components, body["access_token"])["client_id"] == "once"
+    assert refresh_count(components) == 0
+
+
+def test_client_not_registered_for_refresh_is_unauthorized_client(client, components, login):
+    other = login()["refresh_token"]  # a valid refresh token, of another client
+    secret = add_client(components.store, "once", grants=("password",))
+    response = client.post(TOKEN, data=refresh_form(other), auth=("once", secret))
     assert_error(response, "unauthorized_client")
+
+
+def test_default_scope_that_leaves_nothing_for_the_client_is_invalid_scope(
+    client, components, alice
+):
+    """RFC 6749 §3.3: no request scope and no allowed default: refuse, never grant ""."""
+    secret = add_client(components.store, "writer", scopes=("write",))
+    response = client.post(TOKEN, data=password_form(), auth=("writer", secret))
+    body = assert_error(response, "invalid_scope")
+    assert "default scope" in body["error_description"]
+    assert refresh_count(components) == 0
+    granted = client.post(TOKEN, data=password_form(scope="write"), auth=("writer", secret))
+    assert assert_token_response(granted, "write")["scope"] == "write"
 
 
 def test_wrong_secret_via_basic_is_401_with_a_basic_challenge(client, alice, basic):

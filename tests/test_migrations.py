@@ -87,6 +87,27 @@ def test_the_migrated_schema_is_exactly_the_schema_the_code_uses(engine: Engine)
     assert differences == []
 
 
+def test_clients_registered_before_the_introspection_permission_keep_only_their_own(
+    engine: Engine,
+) -> None:
+    """Revision 0003 adds clients.may_introspect; rows already there get false."""
+    migrate.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO clients (client_id, secret_hash, auth_method, grant_types, scopes,"
+                " name, created_at) VALUES ('webapp', NULL, 'none', 'password', '', '', 0)"
+            )
+        )
+
+    migrate.upgrade(engine)
+
+    client = SqlStore(engine).get_client("webapp")
+    assert client is not None
+    assert client.may_introspect is False
+    assert client.grant_types == ("password",)
+
+
 def test_the_schema_comparison_does_notice_a_difference(engine: Engine) -> None:
     """Guards the test above: an empty diff must not come from a blind comparison."""
     migrate.upgrade(engine)

@@ -42,7 +42,7 @@ from issuer.resource import (
     Principal,
     SecretVerifier,
 )
-from issuer.resource.fetch import cache_max_age
+from issuer.resource.fetch import cache_max_age, metadata_requests
 from tests.test_jwks import forge, hs256_with
 
 ISSUER = "https://id.example.com"
@@ -718,3 +718,11 @@ def test_while_a_refresh_is_under_way_known_keys_do_not_wait_for_it(fake, rsa):
 )
 def test_cache_control_is_read_as_a_private_cache_reads_it(header, seconds):
     assert cache_max_age(header) == seconds
+
+
+def test_discovery_of_an_issuer_with_a_path_asks_where_rfc8414_and_oidc_say():
+    urls = [r.url for r in metadata_requests("https://id.example.com/tenant")]
+    assert urls == [
+        "https://id.example.com/.well-known/oauth-authorization-server/tenant",
+        "https://id.example.com/tenant/.well-known/openid-configuration",
+    ]

@@ -305,6 +305,7 @@ def test_a_default_scope_outside_the_scopes_is_refused():
     [
         "https://id.example.com",
         "https://id.example.com:8443/tenant",
+        "https://id.example.com/a.b/c_d~e-f",
         "http://127.0.0.1:8000",
         "http://localhost:8000",
         "http://127.0.0.2",
@@ -331,6 +332,11 @@ def test_https_and_loopback_http_issuer_urls_are_accepted(url):
         ("id.example.com", "http(s)"),
         ("https://", "http(s)"),
         ("", "http(s)"),
+        ("https://id.example.com/a//b", "path"),
+        ("https://id.example.com/a/../b", "path"),
+        ("https://id.example.com/.", "path"),
+        ("https://id.example.com/t%2Fx", "path"),
+        ("https://id.example.com/t x", "path"),
     ],
 )
 def test_bad_issuer_urls_are_refused_with_the_reason(url, says):

@@ -203,6 +203,37 @@ def test_a_public_client_round_trips_without_a_secret(store: Store) -> None:
     assert found.scopes == () and found.grant_types == ("refresh_token",) and found.name == ""
 
 
+def test_a_resource_server_keeps_its_introspection_permission(store: Store) -> None:
+    store.add_client(confidential())
+    store.add_client(
+        Client(
+            client_id="api",
+            auth_method=AuthMethod.CLIENT_SECRET_BASIC,
+            grant_types=(),
+            secret_hash="0" * 64,
+            created_at=NOW,
+            may_introspect=True,
+        )
+    )
+
+    api, webapp = store.get_client("api"), store.get_client("webapp")
+
+    assert api is not None and api.may_introspect is True and api.grant_types == ()
+    assert webapp is not None and webapp.may_introspect is False
+
+
+def test_the_introspection_permission_can_be_granted_and_withdrawn(store: Store) -> None:
+    store.add_client(confidential())
+
+    granted = store.set_client_introspection("webapp", True)
+
+    assert granted.may_introspect is True
+    assert store.get_client("webapp") == granted
+    assert store.set_client_introspection("webapp", False) == confidential()
+    with pytest.raises(NotFoundError):
+        store.set_client_introspection("nobody", True)
+
+
 def test_a_taken_client_id_is_refused_and_changes_nothing(store: Store) -> None:
     store.add_client(confidential())
 

@@ -101,7 +101,12 @@ def test_a_user_from_the_file_logs_in_over_http(plugged):
     me = client.get(
         "/userinfo", headers={"Authorization": f"Bearer {response.json()['access_token']}"}
     )
-    assert me.json() == {"sub": "ext-carol-7", "username": "carol", "role": "admin"}
+    assert me.json() == {
+        "sub": "ext-carol-7",
+        "username": "carol",
+        "role": "admin",
+        "preferred_username": "carol",
+    }
 
 
 def test_plugin_users_refresh_and_introspect(plugged):

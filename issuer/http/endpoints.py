@@ -18,7 +18,8 @@ from issuer.http.forms import BadRequestError, parse_form, read_body
 from issuer.http.responses import error_response, json_bytes, json_response
 from issuer.keystore import KeyStore
 from issuer.models import User
-from issuer.oauth.clients import TOKEN_AUTH_METHODS
+from issuer.oauth.metadata import discovery_document
+from issuer.oauth.oidc import OPENID, userinfo_claims
 from issuer.oauth.requests import HttpRequest, OAuthResponse
 from issuer.oauth.server import IssuerServer
 from issuer.store.base import Store, UserStore
@@ -30,28 +31,14 @@ OAuthCall = Callable[[HttpRequest], OAuthResponse]
 RETRY_AFTER_SECONDS = 5
 
 
-def discovery_document(issuer: str, scopes: tuple[str, ...], signing_alg: str) -> dict[str, object]:
-    """RFC 8414 metadata (also served as OIDC discovery), built from the route table."""
+def endpoint_urls(issuer: str) -> dict[str, str]:
+    """The absolute URL of every endpoint discovery names, from the route table."""
     return {
-        "issuer": issuer,
         "token_endpoint": issuer + routes.TOKEN,
         "jwks_uri": issuer + routes.JWKS,
         "revocation_endpoint": issuer + routes.REVOKE,
         "introspection_endpoint": issuer + routes.INTROSPECT,
         "userinfo_endpoint": issuer + routes.USERINFO,
-        "grant_types_supported": ["password", "refresh_token"],
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
-        "revocation_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
-        "introspection_endpoint_auth_methods_supported": [
-            "client_secret_basic",
-            "client_secret_post",
-        ],
-        "scopes_supported": list(scopes),
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [signing_alg],
-        "userinfo_signing_alg_values_supported": [],
-        "claims_supported": ["sub", "username", "role", "roles"],
     }
 
 
@@ -122,7 +109,11 @@ class Endpoints:
         )
 
     async def userinfo(self, request: Request) -> Response:
-        """RFC 6750-protected: the user behind the bearer access token."""
+        """OIDC Core §5.3 UserInfo, RFC 6750-protected: the user behind an ``openid`` token.
+
+        An access token granted without ``openid`` is refused with 403
+        ``insufficient_scope`` (RFC 6750 §3.1), naming the scope it needs.
+        """
         token = token_from_header(request.headers.get("authorization"))
         if token is None:
             # RFC 6750 §3.1: a request with no credentials gets a challenge, no error code.
@@ -132,7 +123,7 @@ class Endpoints:
                 {"WWW-Authenticate": challenge(), "Cache-Control": "no-store"},
             )
         try:
-            user = await run_in_threadpool(self._active_user, token)
+            user, scope = await run_in_threadpool(self._active_user, token)
         except (TokenError, IssuerError) as exc:
             description = "The access token is invalid, expired or revoked."
             log.info("userinfo refused: %s", exc.code)
@@ -149,17 +140,26 @@ class Endpoints:
             if unavailable is None:
                 raise
             return unavailable
-        return json_response(
-            {"sub": user.id, "username": user.username, "role": user.role.value},
-            headers={"Cache-Control": "no-store"},
-        )
+        if OPENID not in scope.split(" "):
+            description = "The access token was not granted the openid scope."
+            return json_response(
+                {"error": "insufficient_scope", "error_description": description},
+                403,
+                {
+                    "WWW-Authenticate": challenge("insufficient_scope", description, OPENID),
+                    "Cache-Control": "no-store",
+                },
+            )
+        return json_response(userinfo_claims(user, scope), headers={"Cache-Control": "no-store"})
 
-    def _active_user(self, token: str) -> User:
+    def _active_user(self, token: str) -> tuple[User, str]:
+        """The enabled user behind a valid access token, and the token's scope."""
         claims = self.tokens.verify(token, ACCESS)
         user = self.users.get_by_id(claims["sub"])
         if user is None or not user.is_active:
             raise TokenError("the user is unknown or disabled")
-        return user
+        scope = claims.get("scope")
+        return user, scope if isinstance(scope, str) else ""
 
     async def jwks(self, request: Request) -> Response:
         """Public keys only, from bytes the key store precomputed; conditional GET."""
@@ -207,5 +207,6 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def metadata_bytes(issuer: str, scopes: tuple[str, ...], signing_alg: str) -> bytes:
-    return json_bytes(discovery_document(issuer, scopes, signing_alg))
+def metadata_bytes(issuer: str, server: IssuerServer) -> bytes:
+    """The discovery document of ``server`` (RFC 8414 and OIDC Discovery share it)."""
+    return json_bytes(discovery_document(issuer, endpoint_urls(issuer), server))

@@ -128,6 +128,14 @@ def basic_credentials(request: OAuth2Request) -> tuple[str, str] | None:
     return unquote(client_id), unquote(secret)
 
 
+def presented_secret(request: OAuth2Request) -> str | None:
+    """The secret the (already authenticated) client presented, by Basic or in the form."""
+    credentials = basic_credentials(request)
+    if credentials is not None:
+        return credentials[1]
+    return request.form.get("client_secret") or None
+
+
 def attempted_auth_method(request: OAuth2Request) -> tuple[AuthMethod, str] | None:
     """Which client authentication method the request used, and the client id it named.
 

@@ -95,7 +95,10 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
     """RFC 7662, for confidential clients: ``active`` plus the token's claims.
 
     A token is active when it verifies, is not revoked and its user still exists and is
-    enabled: the same rule userinfo and the refresh grant apply.
+    enabled: the same rule userinfo and the refresh grant apply. Who may ask (§4): a
+    client registered with ``--introspect`` (a resource server) about any token, any
+    other confidential client only about tokens issued to it; for the rest the answer
+    is ``{"active": false}``, indistinguishable from an unknown token.
     """
 
     CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
@@ -118,10 +121,13 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
         return None
 
     def check_permission(self, token: TokenRef, client: OAuthClient, request: Any) -> bool:
-        return True  # any authenticated confidential client (a resource server) may ask
+        return client.client.may_introspect or token.check_client(client)
 
     def introspect_token(self, token: TokenRef) -> dict[str, Any]:
         claims = dict(token.claims)
         claims["active"] = True
-        claims["token_type"] = "Bearer" if token.token_type == ACCESS else "refresh_token"
+        # §2.2: token_type is an RFC 6749 §7.1 type, the way the token is used. A refresh
+        # token is not presented to resource servers at all, so it has none.
+        if token.token_type == ACCESS:
+            claims["token_type"] = "Bearer"  # noqa: S105 - a token type, not a secret
         return claims

@@ -8,6 +8,7 @@ worker thread, never on the event loop.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from issuer.oauth.clients import (
 )
 from issuer.oauth.endpoints import Introspection, Revocation
 from issuer.oauth.grants import PasswordGrant, RefreshTokenGrant
+from issuer.oauth.oidc import OPENID, IdTokens
 from issuer.oauth.requests import HttpRequest, IssuerOAuth2Request, OAuthResponse
 from issuer.passwords import PasswordHasher
 from issuer.ratelimit import LoginLimiter
@@ -60,6 +62,14 @@ def silence_authlib_token_logging() -> None:
 class IssuerServer(AuthorizationServer):  # type: ignore[misc]
     """Authlib AuthorizationServer with the password and refresh_token grants (RFC 6749)."""
 
+    # What this server offers, registered from these and read by the discovery metadata.
+    GRANTS = (PasswordGrant, RefreshTokenGrant)
+    CLIENT_AUTH_METHODS = (
+        ("client_secret_basic", authenticate_client_secret_basic),
+        ("client_secret_post", authenticate_client_secret_post),
+        ("none", authenticate_none),
+    )
+
     def __init__(
         self,
         *,
@@ -82,11 +92,11 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         self.default_scope = default_scope
         self.login_failure_hook = login_failure_hook
         self.limiter = limiter
-        self.register_client_auth_method("client_secret_basic", authenticate_client_secret_basic)
-        self.register_client_auth_method("client_secret_post", authenticate_client_secret_post)
-        self.register_client_auth_method("none", authenticate_none)
-        self.register_grant(PasswordGrant)
-        self.register_grant(RefreshTokenGrant)
+        self.id_tokens = IdTokens(tokens)
+        for name, method in self.CLIENT_AUTH_METHODS:
+            self.register_client_auth_method(name, method)
+        for grant in self.GRANTS:
+            self.register_grant(grant)
         self.register_endpoint(Revocation)
         self.register_endpoint(Introspection)
 
@@ -94,7 +104,12 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         client = self.store.get_client(client_id)
-        return OAuthClient(client, self.scopes) if client is not None else None
+        if client is None:
+            return None
+        scopes = self.scopes
+        if OPENID in scopes and not self.id_tokens.available_to(client):
+            scopes = tuple(s for s in scopes if s != OPENID)
+        return OAuthClient(client, scopes)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Unused: grants record refresh tokens themselves, atomically with rotation."""
@@ -181,10 +196,25 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
     # -- helpers for the grants ----------------------------------------------
 
     def resolve_scope(self, client: OAuthClient, requested: str | None) -> str:
-        """The scope to grant: the request's (all allowed), or the default the client may have."""
+        """The scope to grant: the request's (all allowed), or the default the client may have.
+
+        RFC 6749 §3.3: a scope the client may not have, or a grant that would end up with
+        no scope at all, is ``invalid_scope``; nothing is silently granted as ``""``.
+        """
         if requested is None:
-            return " ".join(s for s in self.default_scope.split() if s in client.allowed_scopes)
+            granted = [s for s in self.default_scope.split() if s in client.allowed_scopes]
+            if not granted:
+                raise InvalidScopeError(
+                    "No scope was requested and none of the default scope is allowed for "
+                    "this client; request one of its scopes."
+                )
+            return " ".join(granted)
         wanted = scope_list(requested)
+        if OPENID in wanted and not self.id_tokens.available_to(client.client):
+            raise InvalidScopeError(
+                "The openid scope asks for an ID token; under HS256 it is keyed with the "
+                "client secret, which a public client does not have (OpenID Connect Core 10.1)."
+            )
         if not wanted or not set(wanted) <= set(client.allowed_scopes):
             raise InvalidScopeError("The requested scope is not allowed for this client.")
         return " ".join(wanted)
@@ -197,19 +227,68 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         *,
         family_id: str | None = None,
         refresh_scope: str | None = None,
-    ) -> tuple[dict[str, Any], RefreshRecord]:
-        """A token response body and the record of its new refresh token."""
+        auth_time: int | None = None,
+        client_secret: str | None = None,
+    ) -> tuple[dict[str, Any], RefreshRecord | None]:
+        """A token response body and the record of its new refresh token.
+
+        A client not registered for the ``refresh_token`` grant could never use a refresh
+        token: it gets none, and nothing is recorded (the record is None). With ``openid``
+        in ``scope`` the body carries an ID token (:mod:`issuer.oauth.oidc`).
+        """
         client_id = client.get_client_id()
+        with_refresh = client.check_grant_type(RefreshTokenGrant.GRANT_TYPE)
+        if with_refresh and family_id is None:
+            family_id = uuid.uuid4().hex  # a new session: the family its refreshes share
         access, access_claims = self.tokens.create_access_token(
             self.tokens.access_claims_for(user, client_id, scope)
         )
+        body: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": access_claims["exp"] - access_claims["iat"],
+            "scope": scope,
+        }
+        record: RefreshRecord | None = None
+        if with_refresh and family_id is not None:
+            body["refresh_token"], record = self._refresh_token(
+                user,
+                client_id,
+                refresh_scope if refresh_scope is not None else scope,
+                family_id,
+                auth_time,
+            )
+        if OPENID in scope_list(scope):
+            id_token = self.id_tokens.create(
+                user,
+                client.client,
+                auth_time=auth_time,
+                sid=family_id if record is not None else None,
+                client_secret=client_secret,
+            )
+            if id_token is not None:
+                body["id_token"] = id_token
+        return body, record
+
+    def _refresh_token(
+        self,
+        user: User,
+        client_id: str,
+        scope: str,
+        family_id: str,
+        auth_time: int | None,
+    ) -> tuple[str, RefreshRecord]:
+        """A new refresh token of the family ``family_id`` and its record."""
         refresh_data: dict[str, Any] = {
             "sub": user.id,
             "client_id": client_id,
-            "scope": refresh_scope if refresh_scope is not None else scope,
+            "scope": scope,
+            "fam": family_id,
         }
-        if family_id is not None:
-            refresh_data["fam"] = family_id
+        if auth_time is not None:
+            # Signed into the refresh token, so every refresh can repeat the login time
+            # in its ID token (OIDC Core §2 auth_time) without storing it.
+            refresh_data["auth_time"] = auth_time
         refresh, refresh_claims = self.tokens.create_refresh_token(refresh_data)
         record = RefreshRecord(
             jti=refresh_claims["jti"],
@@ -220,14 +299,7 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             issued_at=refresh_claims["iat"],
             expires_at=refresh_claims["exp"],
         )
-        body = {
-            "access_token": access,
-            "token_type": "Bearer",
-            "expires_in": access_claims["exp"] - access_claims["iat"],
-            "refresh_token": refresh,
-            "scope": scope,
-        }
-        return body, record
+        return refresh, record
 
     def token_headers(self) -> list[tuple[str, str]]:
         return list(NO_STORE_HEADERS)

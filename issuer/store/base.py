@@ -66,6 +66,10 @@ class ClientStore(Protocol):
         """Delete a client and revoke its refresh tokens; NotFoundError if none."""
         ...
 
+    def set_client_introspection(self, client_id: str, allowed: bool) -> Client:
+        """Grant or withdraw the permission to introspect every token; NotFoundError if none."""
+        ...
+
 
 class RefreshTokenStore(Protocol):
     """Server-side state of refresh tokens: one record per ``jti``, grouped in families."""

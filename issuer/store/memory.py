@@ -78,6 +78,15 @@ class MemoryStore:
         with self._lock:
             return sorted(self._clients.values(), key=lambda c: c.client_id)
 
+    def set_client_introspection(self, client_id: str, allowed: bool) -> Client:
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is None:
+                raise NotFoundError(f"no client {client_id!r}")
+            updated = replace(client, may_introspect=allowed)
+            self._clients[client_id] = updated
+            return updated
+
     def remove_client(self, client_id: str) -> None:
         now = int(time.time())
         with self._lock:

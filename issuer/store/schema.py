@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
 )
 
 metadata = MetaData(
@@ -49,6 +50,7 @@ clients = Table(
     Column("scopes", String(1000), nullable=False),
     Column("name", String(200), nullable=False, default=""),
     Column("created_at", BigInteger, nullable=False),
+    Column("may_introspect", Boolean, nullable=False, server_default=false()),
     CheckConstraint(
         "auth_method IN ('client_secret_basic', 'client_secret_post', 'none')",
         name="auth_method",

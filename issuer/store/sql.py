@@ -145,6 +145,7 @@ def _client(row: RowMapping) -> Client:
         secret_hash=row["secret_hash"],
         name=row["name"],
         created_at=int(row["created_at"]),
+        may_introspect=bool(row["may_introspect"]),
     )
 
 
@@ -259,6 +260,7 @@ class SqlStore:
                         scopes=" ".join(client.scopes),
                         name=client.name,
                         created_at=client.created_at,
+                        may_introspect=client.may_introspect,
                     )
                 )
         except IntegrityError:
@@ -270,6 +272,22 @@ class SqlStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [_client(r) for r in rows]
+
+    def set_client_introspection(self, client_id: str, allowed: bool) -> Client:
+        with self._writer.begin() as conn:
+            row = (
+                conn.execute(
+                    update(clients)
+                    .where(clients.c.client_id == client_id)
+                    .values(may_introspect=allowed)
+                    .returning(*clients.c)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"no client {client_id!r}")
+        return _client(row)
 
     def remove_client(self, client_id: str) -> None:
         now = int(time.time())
