@@ -4,12 +4,13 @@ logins, the failed-login budgets and the audit log."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
+import issuer.tokens
 from issuer.app import Components
 from issuer.errors import DuplicateError
 from issuer.models import Role
@@ -27,6 +28,15 @@ def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settin
     if request.param == "postgresql":
         overrides["database_url"] = request.getfixturevalue("postgres_url")
     return make_settings(**overrides)
+
+
+@pytest.fixture(autouse=True)
+def seed_functions(components: Components) -> Iterator[None]:
+    """The seed's module-level functions (decode_token, verify_token) over this test's
+    issuer: the documented shim an app installs explicitly."""
+    issuer.tokens.configure(components.tokens)
+    yield
+    issuer.tokens.configure(None)
 
 
 def login(client: TestClient, auth: Any, username: str, password: str = PASSWORD) -> Any:
