@@ -79,10 +79,10 @@ def test_stopping_make_run_prints_no_make_error(tmp_path, stop):
     """Ctrl-C signals make's whole process group; `kill` of a group does the same."""
     env = server_env(tmp_path)
     env["ISSUER_PORT"] = env["ISSUER_URL"].rsplit(":", 1)[1]
+    # -o: the venv of this checkout is installed; never reinstall it from a test.
+    command = ["make", "-f", str(ROOT / "Makefile"), "-o", str(VENV / ".installed")]
     make = subprocess.Popen(
-        # -o: the venv of this checkout is installed; never reinstall it from a test.
-        ["make", "-f", str(ROOT / "Makefile"), "-o", str(VENV / ".installed"), f"VENV={VENV}"]
-        + ["run"],
+        [*command, f"VENV={VENV}", "run"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

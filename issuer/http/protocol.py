@@ -154,4 +154,3 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._request_timer is not None:
             self._request_timer.cancel()
             self._request_timer = None
-
