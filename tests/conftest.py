@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -303,6 +304,43 @@ def server_env(workdir: Path, **overrides: Any) -> dict[str, str]:
     )
     env.update({"ISSUER_" + name.upper(): str(value) for name, value in overrides.items()})
     return env
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_section(heading: str) -> str:
+    """The README's text from ``## heading`` to the next ``## `` heading."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    """The fenced code blocks of ``language`` in ``text``, in order."""
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+def as_pasted_for(server: LiveServer, text: str) -> str:
+    """Documented commands or code made to run against ``server``: its URL for the
+    documented ``make run`` one, this test run's venv for ``.venv``."""
+    text = text.replace("http://127.0.0.1:8000", server.url)
+    return text.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+
+
+def run_pasted(script: str, server: LiveServer) -> subprocess.CompletedProcess[str]:
+    """Run shell lines as a reader pastes them (``bash -euo pipefail``) next to ``server``,
+    in its directory and environment (see :func:`as_pasted_for`)."""
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", as_pasted_for(server, script)],
+        cwd=server.workdir,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 NODE_DIR = Path(__file__).parent / "node"
