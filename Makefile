@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint rotate-keys bench clean
+.PHONY: install run test test-fast lint rotate-keys bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,13 @@ run: install
 	@$(BIN)/python -m issuer.quickstart
 	$(BIN)/issuer serve
 
+# The whole suite, as CI runs it.
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: no live servers, no PostgreSQL, on every core.
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e and not postgres" -n auto -q $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check issuer tests

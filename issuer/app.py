@@ -32,9 +32,12 @@ from issuer.http.endpoints import Endpoints, metadata_bytes
 from issuer.http.errors import http_exception, unexpected
 from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeyStore
 from issuer.logs import AccessLogMiddleware, configure_logging
+from issuer.oauth.reset import PasswordResetEndpoint
 from issuer.oauth.server import IssuerServer
 from issuer.passwords import PasswordHasher
 from issuer.ratelimit import LoginLimiter, LoginPolicy, hash_key_for
+from issuer.resets import AddressBudget, PasswordResets
+from issuer.sessions import SessionPolicy, session_ended
 from issuer.settings import Settings, load_settings
 from issuer.store.base import Store, UserStore
 from issuer.store.sql import SqlStore, make_engine
@@ -44,7 +47,8 @@ log = logging.getLogger("issuer.app")
 
 
 class StoreRevocations:
-    """Revocation as the stores know it: denied access jtis, spent or revoked refresh records."""
+    """Revocation as the stores know it: denied access jtis, ended sessions (see
+    ``issuer.sessions``: one indexed lookup, no cache), spent or revoked refresh records."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -54,7 +58,7 @@ class StoreRevocations:
         if not isinstance(jti, str):
             return True
         if claims.get("type") == ACCESS:
-            return self.store.is_denied(jti)
+            return self.store.is_denied(jti) or session_ended(self.store, claims)
         if claims.get("type") == REFRESH:
             record = self.store.get(jti)
             return record is None or not record.is_usable
@@ -121,6 +125,7 @@ class Components:
     hasher: PasswordHasher
     server: IssuerServer
     limiter: LoginLimiter
+    resets: PasswordResets | None = None
 
 
 def build_components(settings: Settings, *, clock: Callable[[], float] = time.time) -> Components:
@@ -149,8 +154,38 @@ def build_components(settings: Settings, *, clock: Callable[[], float] = time.ti
         scopes=settings.scopes,
         default_scope=settings.default_scope,
         limiter=limiter,
+        sessions=SessionPolicy(
+            settings.access_token_ttl, settings.refresh_token_ttl, settings.session_max_lifetime
+        ),
+        refresh_retry_window=settings.refresh_retry_window,
     )
-    return Components(settings, engine, store, users, keys, tokens, hasher, server, limiter)
+    resets = build_password_resets(settings, store, hasher, limiter, clock)
+    return Components(
+        settings, engine, store, users, keys, tokens, hasher, server, limiter, resets=resets
+    )
+
+
+def build_password_resets(
+    settings: Settings,
+    store: Store,
+    hasher: PasswordHasher,
+    limiter: LoginLimiter,
+    clock: Callable[[], float] = time.time,
+) -> PasswordResets:
+    """Password resets, their failures counted per address beside the login limits."""
+    # The Redis storage adds "<prefix>:" itself; in memory the namespace is the whole key.
+    namespace = "reset:address"
+    if limiter.storage_url.startswith("memory://"):
+        namespace = f"{settings.rate_limit_key_prefix}:{namespace}"
+    budget = AddressBudget(
+        limiter.storage,
+        limiter.strategy,
+        settings.password_reset_failures_per_address,
+        namespace,
+    )
+    return PasswordResets(
+        store, hasher, ttl=settings.password_reset_ttl, clock=clock, budget=budget
+    )
 
 
 def build_login_limiter(settings: Settings) -> LoginLimiter:
@@ -202,6 +237,7 @@ def create_app(
         discovery_bytes=metadata_bytes(parts.settings.url, parts.server),
         jwks_max_age=parts.settings.jwks_max_age,
         trusted_proxies=parse_networks(parts.settings.trusted_proxies),
+        password_reset_call=PasswordResetEndpoint(parts.resets) if parts.resets else None,
     )
 
     @contextlib.asynccontextmanager
@@ -226,6 +262,7 @@ def create_app(
             Route(base + routes.REVOKE, endpoints.revoke, methods=["POST"]),
             Route(base + routes.INTROSPECT, endpoints.introspect, methods=["POST"]),
             Route(base + routes.USERINFO, endpoints.userinfo, methods=["GET", "POST"]),
+            Route(base + routes.PASSWORD_RESET, endpoints.password_reset, methods=["POST"]),
             Route(base + routes.JWKS, endpoints.jwks, methods=["GET"]),
             *(
                 Route(path, endpoints.discovery, methods=["GET"])

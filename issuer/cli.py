@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import re
 import secrets
 import stat
@@ -31,13 +32,18 @@ from issuer.app import (
 )
 from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
 from issuer.keystore import RotationResult
-from issuer.logs import configure_logging
+from issuer.logs import configure_logging, log_audit_to_stderr
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
-from issuer.settings import Settings, load_settings, redact_url
+from issuer.resets import PasswordResets
+from issuer.sensitive import redact_url
+from issuer.sessions import Sessions, families
+from issuer.settings import Settings, load_settings
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
 from issuer.store.sql import SqlStore, make_engine
+
+audit = logging.getLogger("issuer.audit")
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
@@ -121,6 +127,18 @@ def _user_admin(settings: Settings) -> UserAdmin:
             f"the configured user store {settings.user_store!r} is read-only; manage users there"
         )
     return users
+
+
+def _sessions(settings: Settings) -> Sessions:
+    """Security events on users: they need the issuer's own user store, because the change
+    and the end of the user's sessions are one transaction there."""
+    users = _user_admin(settings)
+    if not isinstance(users, SqlStore):
+        raise ReadOnlyStoreError(
+            f"users come from {settings.user_store!r}; change them there, then end their "
+            "sessions with `issuer users logout NAME`"
+        )
+    return Sessions(users, time.time)
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -284,12 +302,16 @@ def cmd_db_purge(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
-    username = _check_username(args.username)
+def _role(text: str) -> Role:
     try:
-        role = Role.parse(args.role)
+        return Role.parse(text)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
+    username = _check_username(args.username)
+    role = _role(args.role)
     users = _user_admin(settings)
     if users.get_by_username(username) is not None:
         raise UsageError(f"user {username!r} already exists")
@@ -308,23 +330,79 @@ def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_active(active: bool) -> Callable[[Settings, argparse.Namespace], int]:
-    def command(settings: Settings, args: argparse.Namespace) -> int:
-        user = _user_admin(settings).set_active(_check_username(args.username), active)
-        print(f"{'enabled' if active else 'disabled'} user {user.username}")
-        return 0
+def _ended(ended: Sequence[str]) -> str:
+    return f"{len(ended)} session{'' if len(ended) == 1 else 's'} ended"
 
-    return command
+
+def cmd_users_enable(settings: Settings, args: argparse.Namespace) -> int:
+    user = _user_admin(settings).set_active(_check_username(args.username), True)
+    print(f"enabled user {user.username}")
+    return 0
+
+
+def cmd_users_disable(settings: Settings, args: argparse.Namespace) -> int:
+    user, ended = _sessions(settings).disable(_check_username(args.username))
+    print(f"disabled user {user.username}; {_ended(ended)}")
+    return 0
 
 
 def cmd_users_set_password(settings: Settings, args: argparse.Namespace) -> int:
     username = _check_username(args.username)
-    users = _user_admin(settings)
-    if users.get_by_username(username) is None:
+    sessions = _sessions(settings)
+    if sessions.store.get_by_username(username) is None:
         raise UsageError(f"no user {username!r}")
     password = _read_password(args.password_stdin)
-    users.set_password_hash(username, PasswordHasher(settings.bcrypt_rounds).hash(password))
-    print(f"password of {username} changed")
+    password_hash = PasswordHasher(settings.bcrypt_rounds).hash(password)
+    user, ended = sessions.set_password_hash(username, password_hash)
+    print(f"password of {user.username} changed; {_ended(ended)}")
+    return 0
+
+
+def cmd_users_set_role(settings: Settings, args: argparse.Namespace) -> int:
+    username = _check_username(args.username)
+    role = _role(args.role)
+    user, ended = _sessions(settings).set_role(username, role)
+    print(f"role of {user.username} set to {role.value}; {_ended(ended)}")
+    return 0
+
+
+def cmd_users_remove(settings: Settings, args: argparse.Namespace) -> int:
+    user, ended = _sessions(settings).remove(_check_username(args.username))
+    print(f"removed user {user.username}; {_ended(ended)}")
+    return 0
+
+
+def _session_reader(settings: Settings) -> Sessions:
+    """Sessions of users from whichever user store is configured (logout, listing)."""
+    store = _store(settings)
+    return Sessions(store, time.time, load_user_store(settings, store))
+
+
+def cmd_users_logout(settings: Settings, args: argparse.Namespace) -> int:
+    user, ended = _session_reader(settings).logout(_check_username(args.username))
+    print(f"logged out {user.username}; {_ended(ended)}")
+    return 0
+
+
+def cmd_users_reset_token(settings: Settings, args: argparse.Namespace) -> int:
+    username = _check_username(args.username)
+    resets = PasswordResets(
+        _sessions(settings).store,
+        PasswordHasher(settings.bcrypt_rounds),
+        ttl=settings.password_reset_ttl,
+    )
+    print(f"reset_token: {resets.issue(username, args.ttl)}")
+    return 0
+
+
+def cmd_sessions_list(settings: Settings, args: argparse.Namespace) -> int:
+    _, found = _session_reader(settings).sessions_of(_check_username(args.username))
+    print(f"{'SESSION':<32} {'CLIENT':<24} {'CREATED':<21} {'LAST REFRESHED':<21} EXPIRES")
+    for s in found:
+        print(
+            f"{s.family_id:<32} {s.client_id:<24} {_ts(s.started_at):<21} "
+            f"{_ts(s.refreshed_at):<21} {_ts(s.expires_at)}"
+        )
     return 0
 
 
@@ -408,8 +486,9 @@ def _set_introspection(allowed: bool) -> Callable[[Settings, argparse.Namespace]
 
 
 def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
-    _store(settings).remove_client(args.client_id)
-    print(f"removed client {args.client_id}; its refresh tokens are revoked")
+    ended = _store(settings).remove_client(args.client_id)
+    audit.warning("client removed: client_id=%s %s", args.client_id, families(ended))
+    print(f"removed client {args.client_id}; {_ended(ended)}")
     return 0
 
 
@@ -490,7 +569,46 @@ def _add_clients_commands(sub: Any) -> None:
         toggle.set_defaults(func=_set_introspection(allowed))
     crm = clients.add_parser("remove")
     crm.add_argument("client_id")
-    crm.set_defaults(func=cmd_clients_remove)
+    crm.set_defaults(func=cmd_clients_remove, audited=True)
+
+
+def _add_users_parser(sub: Any) -> None:
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users", required=True)
+    add = users.add_parser("add", help="add a user (password prompted or from stdin)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, help="admin | engineer | viewer")
+    add.add_argument("--password-stdin", action="store_true")
+    add.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
+    add.set_defaults(func=cmd_users_add)
+    users.add_parser("list").set_defaults(func=cmd_users_list)
+    for name, func, text in (
+        ("disable", cmd_users_disable, "disable a user and end all their sessions"),
+        ("enable", cmd_users_enable, "enable a disabled user"),
+        ("remove", cmd_users_remove, "delete a user and end all their sessions"),
+        ("logout", cmd_users_logout, "end all sessions of a user"),
+    ):
+        p = users.add_parser(name, help=text)
+        p.add_argument("username")
+        p.set_defaults(func=func, audited=name != "enable")
+    role = users.add_parser("set-role", help="change a user's role and end all their sessions")
+    role.add_argument("username")
+    role.add_argument("role", help="admin | engineer | viewer")
+    role.set_defaults(func=cmd_users_set_role, audited=True)
+    reset = users.add_parser(
+        "reset-token", help="print a single-use password reset token (for POST /password/reset)"
+    )
+    reset.add_argument("username")
+    reset.add_argument(
+        "--ttl",
+        type=_bounded(60, 7 * 86400),
+        help="seconds the token is valid (default: the password_reset_ttl setting)",
+    )
+    reset.set_defaults(func=cmd_users_reset_token, audited=True)
+    setpw = users.add_parser("set-password")
+    setpw.add_argument("username")
+    setpw.add_argument("--password-stdin", action="store_true")
+    setpw.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
+    setpw.set_defaults(func=cmd_users_set_password, audited=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,23 +631,14 @@ def build_parser() -> argparse.ArgumentParser:
         "purge", help="forget revocation state of expired tokens (servers do it hourly)"
     ).set_defaults(func=cmd_db_purge)
 
-    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users", required=True)
-    add = users.add_parser("add", help="add a user (password prompted or from stdin)")
-    add.add_argument("username")
-    add.add_argument("--role", required=True, help="admin | engineer | viewer")
-    add.add_argument("--password-stdin", action="store_true")
-    add.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
-    add.set_defaults(func=cmd_users_add)
-    users.add_parser("list").set_defaults(func=cmd_users_list)
-    for name, active in (("disable", False), ("enable", True)):
-        p = users.add_parser(name)
-        p.add_argument("username")
-        p.set_defaults(func=_set_active(active))
-    setpw = users.add_parser("set-password")
-    setpw.add_argument("username")
-    setpw.add_argument("--password-stdin", action="store_true")
-    setpw.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
-    setpw.set_defaults(func=cmd_users_set_password)
+    _add_users_parser(sub)
+
+    sessions = sub.add_parser("sessions", help="login sessions").add_subparsers(
+        dest="sessions", required=True
+    )
+    slist = sessions.add_parser("list", help="a user's live sessions (no token material)")
+    slist.add_argument("username")
+    slist.set_defaults(func=cmd_sessions_list)
 
     _add_clients_commands(sub)
 
@@ -550,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_kid_is_not_an_option(argv))
     try:
         settings = load_settings()
+        if getattr(args, "audited", False):
+            log_audit_to_stderr(settings.log_format)
         return int(args.func(settings, args))
     except ConfigError as exc:
         _fail("invalid configuration: " + "; ".join(exc.problems))

@@ -10,7 +10,8 @@ carries a short machine-readable ``code``::
     ├── StoreError               a storage rule was broken
     │   ├── DuplicateError       username / client id already taken
     │   ├── NotFoundError        no such user / client / key
-    │   └── ReadOnlyStoreError   the configured store cannot write
+    │   ├── ReadOnlyStoreError   the configured store cannot write
+    │   └── MigrationRefusedError existing data forbids a migration (nothing changed)
     ├── PasswordPolicyError      a new password breaks the strength rules
     ├── UserError                token fine, user not usable
     │   ├── UnknownUserError     the subject no longer exists
@@ -72,6 +73,12 @@ class NotFoundError(StoreError):
 
 class ReadOnlyStoreError(StoreError):
     code = "read_only_store"
+
+
+class MigrationRefusedError(StoreError):
+    """A migration found data it cannot carry over (e.g. colliding usernames)."""
+
+    code = "migration_refused"
 
 
 class PasswordPolicyError(IssuerError):

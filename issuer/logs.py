@@ -1,8 +1,8 @@
 r"""Logging set-up: text or JSON lines, and the guarantees about what never reaches a log.
 
-Authlib logs issued tokens at debug level; its logger is held at INFO whatever the root
-level. Access logs are ours (path without query string), not uvicorn's, because a
-client that wrongly puts credentials in a query string must not get them logged.
+Authlib logs issued tokens at debug level; ``issuer.oauth.server`` holds its logger at INFO
+whatever the root level. Access logs are ours (path without query string), not uvicorn's,
+because a client that wrongly puts credentials in a query string must not get them logged.
 
 Log lines cannot be forged (CWE-117): paths, usernames and anything else a request
 carries may hold CR, LF or terminal escapes. The text format escapes every C0 and C1
@@ -73,17 +73,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False).translate(_JSON_ESCAPES)
 
 
+def formatter(fmt: str = "text") -> logging.Formatter:
+    """The line format of every log the issuer writes: ``text`` or ``json``."""
+    if fmt == "json":
+        return JsonFormatter()
+    return TextFormatter()
+
+
+class CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def log_audit_to_stderr(fmt: str = "text") -> None:
+    """CLI commands that change security state: their ``issuer.audit`` lines on stderr.
+
+    Only that logger, so library chatter (Alembic) stays quiet; idempotent.
+    """
+    audit = logging.getLogger("issuer.audit")
+    if not any(isinstance(h, CurrentStderrHandler) for h in audit.handlers):
+        handler = CurrentStderrHandler()
+        handler.setFormatter(formatter(fmt))
+        audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """Configure the root logger once for the process (CLI and server workers)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter())
+    handler.setFormatter(formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("authlib").setLevel(logging.INFO)
     logging.getLogger("uvicorn.access").disabled = True
 
 

@@ -79,7 +79,16 @@ class User:
 
 def hash_client_secret(secret: str) -> str:
     """SHA-256 of a client secret, hex. Secrets are 256-bit random, so a fast hash suffices."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+    return sha256_hex(secret)
+
+
+def sha256_hex(value: str) -> str:
+    """SHA-256 of a generated high-entropy secret (client secret, reset token), hex.
+
+    256-bit random values cannot be guessed, so a fast hash suffices (bcrypt would only
+    cost every request); lone surrogates hash rather than raise.
+    """
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,51 @@ class RefreshRecord:
     expires_at: int
     spent_at: int | None = None
     revoked_at: int | None = None
+    # When the session (the family) began: the first record's issued_at; 0 = this one.
+    session_started_at: int = 0
+    # The jti this record was rotated into (set when it is spent).
+    successor_jti: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.session_started_at:
+            object.__setattr__(self, "session_started_at", self.issued_at)
 
     @property
     def is_usable(self) -> bool:
         return self.spent_at is None and self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class Session:
+    """One login session: a refresh family, as ``issuer sessions list`` shows it."""
+
+    family_id: str
+    user_id: str
+    client_id: str
+    started_at: int
+    refreshed_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class UserChange:
+    """A security event on a user; applying one ends every session of the user.
+
+    Set the fields that change; ``remove`` deletes the user instead.
+    """
+
+    password_hash: str | None = field(default=None, repr=False)
+    is_active: bool | None = None
+    role: Role | None = None
+    remove: bool = False
+
+    def values(self) -> dict[str, object]:
+        """The column values this change writes (empty for a removal)."""
+        changed: dict[str, object] = {}
+        if self.password_hash is not None:
+            changed["password_hash"] = self.password_hash
+        if self.is_active is not None:
+            changed["is_active"] = self.is_active
+        if self.role is not None:
+            changed["role"] = self.role
+        return changed

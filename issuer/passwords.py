@@ -66,6 +66,11 @@ class PasswordHasher:
         except ValueError:  # unreachable for a parsed hash; never let user input raise
             return False
 
+    def needs_rehash(self, hashed: str) -> bool:
+        """True if ``hashed`` is a bcrypt hash of a lower cost than this hasher's."""
+        stored = _parse_hash(hashed)
+        return stored is not None and int(stored[4:6]) < self.rounds
+
     def _burn(self) -> None:
         """Spend the time of one real check, against a hash of this hasher's cost."""
         with contextlib.suppress(ValueError):

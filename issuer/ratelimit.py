@@ -48,7 +48,7 @@ from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_st
 from limits.strategies import MovingWindowRateLimiter
 
 from issuer.models import canonical_username
-from issuer.settings import redact_url
+from issuer.sensitive import redact_url
 
 log = logging.getLogger("issuer.ratelimit")
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import itertools
 import math
 import os
 import re
 import tomllib
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from urllib.parse import urlsplit
 import limits
 
 from issuer.errors import ConfigError
+from issuer.sensitive import Secret, redact_url, secret_problem
 
 ENV_PREFIX = "ISSUER_"
 DEFAULT_CONFIG_PATH = Path("config/issuer.toml")
@@ -39,57 +38,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Longer values are cut when an error message echoes them.
 _ECHO_MAX = 80
-MIN_SECRET_BYTES = 32
-# A secret's estimated entropy (see estimated_entropy_bits) must reach this many bits: it
-# catches "aaaa…", repeated words and runs like "abcd…", while a random 32-byte secret in
-# hex or base64 scores ~190 bits or more.
-MIN_SECRET_ENTROPY_BITS = 128
-# Repeats at least this long count as one symbol in the estimate. Random hex has the odd
-# 3-character repeat by chance; it costs such a secret a few bits, far from the threshold.
-_MIN_REPEAT = 3
-_REPEAT_CANDIDATES = 64
 SECRET_SETTINGS = ("secret_key", "secret_key_file")
 LOOPBACK_HOSTS = ("localhost",)
 RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 # The path of an issuer URL (every endpoint is served under it): plain segments only.
 _ISSUER_PATH = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~-]+)+")
-
-
-class Secret:
-    """A string that never shows itself in ``repr``/``str`` (tracebacks, logs)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for a log line or a ``repr``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparsable URL>"
-    if not password:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 @dataclass(frozen=True)
@@ -103,6 +56,10 @@ class Settings:
     signing_alg: str = "HS256"
     access_token_ttl: int = 1800
     refresh_token_ttl: int = 604800
+    session_max_lifetime: int = 2592000
+    refresh_retry_window: int = 0
+    password_reset_ttl: int = 1800
+    password_reset_failures_per_address: str = "10/minute"  # noqa: S105 - a rate
     bcrypt_rounds: int = 12
     leeway: int = 30
     scopes: tuple[str, ...] = ("openid", "profile", "read", "write")
@@ -345,68 +302,6 @@ def _read_secret(env: Mapping[str, str], problems: list[str]) -> str | None:
     return secret
 
 
-def secret_problem(secret: str) -> str | None:
-    """Say why ``secret`` is too weak to sign HS256 tokens, or None when it is fine."""
-    size = len(secret.encode("utf-8"))
-    if size < MIN_SECRET_BYTES:
-        return (
-            f"is {size} bytes; at least {MIN_SECRET_BYTES} random bytes are required "
-            '(generate one: python3 -c "import secrets; print(secrets.token_urlsafe(48))")'
-        )
-    if estimated_entropy_bits(secret) < MIN_SECRET_ENTROPY_BITS:
-        return (
-            "looks guessable (too little variety); use a random value "
-            '(python3 -c "import secrets; print(secrets.token_urlsafe(48))")'
-        )
-    return None
-
-
-def estimated_entropy_bits(secret: str) -> float:
-    """A pessimistic estimate of a string's entropy in bits, to refuse guessable secrets.
-
-    Shannon entropy per symbol times the number of symbols a greedy LZ77 parse needs
-    (a repeat of 3+ symbols counts as one), taken on the characters and on the steps
-    between neighbours; the lower wins. "aaaa…", "abcabc…" and "abcdef…" score near zero.
-    """
-    if not secret:
-        return 0.0
-    chars = [ord(c) for c in secret]
-    steps = [b - a for a, b in itertools.pairwise(chars)]
-    return min(_repeat_aware_bits(chars), _repeat_aware_bits(steps))
-
-
-def _repeat_aware_bits(symbols: list[int]) -> float:
-    n = len(symbols)
-    if n == 0:
-        return 0.0
-    counts = Counter(symbols)
-    per_symbol = -sum(c / n * math.log2(c / n) for c in counts.values())
-    return per_symbol * _lz_phrases(symbols)
-
-
-def _lz_phrases(symbols: list[int]) -> int:
-    """Number of phrases (literals and back-references) in a greedy LZ77 parse."""
-    n = len(symbols)
-    seen: dict[tuple[int, ...], list[int]] = {}
-    phrases = 0
-    i = 0
-    while i < n:
-        best = 0
-        gram = tuple(symbols[i : i + _MIN_REPEAT])
-        if len(gram) == _MIN_REPEAT:
-            for start in seen.get(gram, [])[-_REPEAT_CANDIDATES:]:
-                length = _MIN_REPEAT
-                while i + length < n and symbols[start + length] == symbols[i + length]:
-                    length += 1
-                best = max(best, length)
-        step = best if best >= _MIN_REPEAT else 1
-        for j in range(i, i + step):
-            seen.setdefault(tuple(symbols[j : j + _MIN_REPEAT]), []).append(j)
-        phrases += 1
-        i += step
-    return phrases
-
-
 def _validate(s: Settings) -> list[str]:
     problems: list[str] = []
     problems.extend(_url_problems(s))
@@ -417,6 +312,9 @@ def _validate(s: Settings) -> list[str]:
     for name, low, high in (
         ("access_token_ttl", 60, 86400),
         ("refresh_token_ttl", 300, 365 * 86400),
+        ("session_max_lifetime", 300, 365 * 86400),
+        ("refresh_retry_window", 0, 300),
+        ("password_reset_ttl", 60, 7 * 86400),
         ("bcrypt_rounds", 4, 31),
         ("leeway", 0, 300),
         ("jwks_max_age", 0, 86400),
@@ -467,6 +365,7 @@ def _rate_limit_problems(s: Settings) -> list[str]:
         "login_failures_per_user_address",
         "login_failures_per_address",
         "login_failures_per_user",
+        "password_reset_failures_per_address",
     ):
         problem = limit_problem(getattr(s, name))
         if problem:

@@ -156,6 +156,13 @@ class TokenService:
         claims.setdefault("fam", uuid.uuid4().hex)
         return self._sign(claims, REFRESH_TYP), claims
 
+    def sign_claims(self, claims: Mapping[str, Any], token_type: str) -> str:
+        """``claims`` signed unchanged, e.g. a refresh token issued before (same ``jti``,
+        ``iat``, ``exp``) that a lost-response retry gets again."""
+        if token_type not in TOKEN_TYPES:
+            raise ValueError(f"token_type must be one of {TOKEN_TYPES}")
+        return self._sign(dict(claims), ACCESS_TYP if token_type == ACCESS else REFRESH_TYP)
+
     def access_claims_for(self, user: User, client_id: str, scope: str) -> dict[str, Any]:
         """The application claims of an access token for ``user``."""
         return {

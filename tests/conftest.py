@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from starlette.testclient import TestClient
 
 from issuer.app import Components, build_components, create_app
@@ -38,6 +38,8 @@ from issuer.settings import Settings, load_settings
 from issuer.store import migrate
 from issuer.store.memory import MemoryStore
 from issuer.store.sql import SqlStore, make_engine
+
+pytest_plugins = ["tests.keystore_support"]
 
 TEST_ROUNDS = 4
 PASSWORD = "Corr3ct-Horse!"
@@ -80,9 +82,20 @@ def require_postgres() -> None:
     require_service("postgresql", _postgres_problem)
 
 
+def require_marker(request: pytest.FixtureRequest, marker: str, because: str) -> None:
+    """Fail a test that ``because`` but lacks ``marker``, so ``make test-fast`` stays fast."""
+    if request.node.get_closest_marker(marker) is None:
+        pytest.fail(
+            f"{request.node.nodeid} {because}: mark it @pytest.mark.{marker} "
+            f"(a module: pytestmark = pytest.mark.{marker}; a parameter: pytest.param(…, "
+            f"marks=pytest.mark.{marker}))"
+        )
+
+
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    require_marker(request, "postgres", "uses PostgreSQL")
     require_postgres()
     schema = "t_" + uuid.uuid4().hex[:12]
     admin = make_engine(POSTGRES_URL)
@@ -144,10 +157,38 @@ def migrated_store(database_url: str) -> SqlStore:
     return SqlStore(engine)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session, for tests to copy."""
+    path = tmp_path_factory.mktemp("template") / "issuer.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()  # the last connection closing checkpoints the WAL into the file
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
+
+
+def migrate_database(database_url: str, template: Path) -> None:
+    """Bring ``database_url`` to head: a copy of the template for a new SQLite file
+    (Alembic per test cost more than most tests), real migrations otherwise."""
+    database = make_url(database_url).database if database_url.startswith("sqlite") else None
+    if database and database != ":memory:" and not Path(database).exists():
+        shutil.copyfile(template, database)
+        Path(database).chmod(0o600)
+        return
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
-def components(settings: Settings) -> Iterator[Components]:
+def components(settings: Settings, migrated_sqlite_template: Path) -> Iterator[Components]:
     """Built components over a migrated database."""
-    migrate.upgrade(make_engine(settings.database_url))
+    migrate_database(settings.database_url, migrated_sqlite_template)
     parts = build_components(settings)
     yield parts
     parts.engine.dispose()
@@ -230,12 +271,15 @@ def free_port() -> int:
 class LiveServer:
     """``issuer serve`` in a subprocess on 127.0.0.1, with its own env and directory."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str], before_start: Callable[[], None] | None = None
+    ) -> None:
         self.workdir = workdir
         self.env = env
         self.url = env["ISSUER_URL"]
         self.log_path = workdir / "server.log"
         self.process: Any = None
+        self.before_start = before_start
 
     def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> Any:
         """Run ``python -m issuer ARGS`` with the server's environment."""
@@ -254,6 +298,8 @@ class LiveServer:
         return result
 
     def start(self) -> LiveServer:
+        if self.before_start is not None:
+            self.before_start()
         port = str(urlsplit(self.url).port)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -263,7 +309,8 @@ class LiveServer:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
+        # Generous: a loaded machine (CI, parallel jobs) took 17 s to boot two workers.
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError("server exited early:\n" + self.log_path.read_text())
@@ -385,18 +432,24 @@ def run_node_script(script: Path, request: dict[str, Any]) -> subprocess.Complet
 
 
 @pytest.fixture
-def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
-    """Start real servers: ``factory(**settings)`` runs ``issuer init`` then ``serve``.
+def live_server_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., LiveServer]]:
+    """Start real servers: ``factory(**settings)`` runs ``issuer init``; ``.start()`` serves.
 
     Settings are passed as ISSUER_* variables; by default SQLite in tmp, keys in tmp,
     bcrypt cost 4, HS256 keys generated by ``issuer init`` under the tmp keys dir.
+    A test that starts a server must be marked ``e2e``.
     """
     servers: list[LiveServer] = []
+
+    def must_be_e2e() -> None:
+        require_marker(request, "e2e", "starts a live server")
 
     def factory(**overrides: Any) -> LiveServer:
         workdir = tmp_path / f"server{len(servers)}"
         workdir.mkdir()
-        server = LiveServer(workdir, server_env(workdir, **overrides))
+        server = LiveServer(workdir, server_env(workdir, **overrides), must_be_e2e)
         server.cli("init")
         servers.append(server)
         return server

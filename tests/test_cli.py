@@ -755,6 +755,7 @@ def test_quickstart_with_an_invalid_configuration_says_so_in_one_line(cli):
     assert_refused(Result(proc.returncode, proc.stdout, proc.stderr), "url")
 
 
+@pytest.mark.postgres
 def test_init_never_prints_the_database_password(cli, postgres_url):
     # PostgreSQL here trusts local connections, so any password is accepted and unused.
     with_password = postgres_url.replace("postgres@", "postgres:n0t-for-eyes@", 1)

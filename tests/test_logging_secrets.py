@@ -16,6 +16,9 @@ import pytest
 from issuer.models import AuthMethod
 from tests.conftest import PASSWORD, add_client, add_user
 
+# One of these tests starts a live server at debug level.
+pytestmark = pytest.mark.e2e
+
 WRONG_PASSWORD = "Wr0ng-but-Secret!"
 # The test's own HTTP client logs the URLs it requests; those records are not the issuer's.
 CLIENT_LOGGERS = ("httpx", "httpx2", "httpcore")

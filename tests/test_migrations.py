@@ -18,15 +18,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
+from issuer.errors import MigrationRefusedError
 from issuer.models import Role
 from issuer.store import migrate
 from issuer.store.schema import metadata
 from issuer.store.sql import SqlStore, make_engine
 
-TABLES = {"users", "clients", "refresh_tokens", "revoked_access_tokens"}
+TABLES = {"users", "clients", "refresh_tokens", "revoked_access_tokens", "password_resets"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> str:
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(fixture))
@@ -199,3 +200,85 @@ def test_an_in_memory_sqlite_database_can_be_migrated_and_used(url: str) -> None
     assert migrate.current_revision(engine) == migrate.head_revision()
     assert store.list_users() == [alice]
     engine.dispose()
+
+
+def add_user_at_0001(engine: Engine, user_id: str, username: str) -> None:
+    """A user row as revision 0001 stored it (no canonical column yet)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, username, password_hash, role, is_active, created_at,"
+                " updated_at) VALUES (:id, :name, NULL, 'viewer', true, 1, 1)"
+            ),
+            {"id": user_id, "name": username},
+        )
+
+
+def test_upgrading_from_0001_canonicalizes_usernames_and_dates_sessions(engine: Engine) -> None:
+    migrate.upgrade(engine, "0001")
+    add_user_at_0001(engine, "u-1", "Alice")
+    add_user_at_0001(engine, "u-2", "bob")
+    with engine.begin() as conn:
+        for jti, issued_at in (("first", 100), ("second", 200)):
+            conn.execute(
+                text(
+                    "INSERT INTO refresh_tokens (jti, family_id, user_id, client_id, scope,"
+                    " issued_at, expires_at) VALUES (:jti, 'fam', 'u-1', 'web', '', :at, :exp)"
+                ),
+                {"jti": jti, "at": issued_at, "exp": issued_at + 1000},
+            )
+
+    migrate.upgrade(engine)
+
+    store = SqlStore(engine)
+    alice = store.get_by_username("ALICE")
+    assert alice is not None and alice.id == "u-1" and alice.username == "Alice"
+    assert store.get(jti="second").session_started_at == 100  # type: ignore[union-attr]
+    assert store.session_revoked("fam") is False
+
+
+def test_the_migration_refuses_colliding_usernames_naming_them_and_changes_nothing(
+    engine: Engine,
+) -> None:
+    migrate.upgrade(engine, "0001")
+    for user_id, name in (("u-1", "alice"), ("u-2", "Alice"), ("u-3", "bob"), ("u-4", "BOB")):
+        add_user_at_0001(engine, user_id, name)
+
+    with pytest.raises(MigrationRefusedError) as refused:
+        migrate.upgrade(engine)
+
+    message = str(refused.value)
+    for name in ("'alice'", "'Alice'", "'bob'", "'BOB'"):
+        assert name in message
+    assert migrate.current_revision(engine) == "0001"
+    assert "username_canonical" not in {c["name"] for c in inspect(engine).get_columns("users")}
+    assert "password_resets" not in tables(engine)
+
+
+def test_db_upgrade_refuses_colliding_usernames_in_one_line_exit_2(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    migrate.upgrade(engine, "0001")
+    add_user_at_0001(engine, "u-1", "alice")
+    add_user_at_0001(engine, "u-2", "\uff41\uff4c\uff49\uff43\uff45")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISSUER_")}
+    env.update(
+        ISSUER_DATABASE_URL=database_url,
+        ISSUER_SECRET_KEY=secrets.token_urlsafe(48),
+        ISSUER_CONFIG=str(Path(__file__).parent / "empty.toml"),
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-m", "issuer", "db", "upgrade"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "'alice'" in result.stderr and "\uff41\uff4c\uff49\uff43\uff45" in result.stderr
+    assert migrate.current_revision(engine) == "0001"

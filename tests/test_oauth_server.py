@@ -412,7 +412,7 @@ def test_revoking_an_expired_token_is_harmless(core):
 # -- the SQLite components: a real race ------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def sql_components(request, make_settings):
     """Components over a migrated SQLite file or a fresh PostgreSQL schema."""
     if request.param == "sqlite":

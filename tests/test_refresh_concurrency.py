@@ -28,6 +28,9 @@ from issuer.store.schema import refresh_tokens
 from issuer.store.sql import SqlStore, make_engine
 from tests.conftest import PASSWORD, LiveServer, free_port, migrated_store
 
+# Two of these tests start live replicas (`issuer serve`).
+pytestmark = pytest.mark.e2e
+
 THREADS = 24
 ROUNDS = 4
 NOW = 1_800_000_000
@@ -54,7 +57,13 @@ def run_together(count: int, attempt: Callable[[int], Any]) -> list[Any]:
 # -- the store -----------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "postgresql-serializable-default"])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("postgresql-serializable-default", marks=pytest.mark.postgres),
+    ]
+)
 def sql_store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
     """A migrated SQL store with a connection for every thread.
 
@@ -191,7 +200,7 @@ def deploy(factory: Callable[..., LiveServer], **settings: Any) -> Deployment:
     return Deployment([first, second], ("webapp", client_secret))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def deployment(
     request: pytest.FixtureRequest, live_server_factory: Callable[..., LiveServer]
 ) -> Deployment:
@@ -260,6 +269,7 @@ def test_of_many_concurrent_refreshes_across_replicas_exactly_one_succeeds(
     assert "Traceback" not in logs and '" 500 ' not in logs
 
 
+@pytest.mark.postgres
 def test_a_family_revoked_during_a_rotation_also_revokes_the_rotated_in_token(
     postgres_url: str,
 ) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from issuer.errors import ConfigError
-from issuer.settings import Secret, Settings, load_settings
+from issuer.sensitive import Secret
+from issuer.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMPTY_TOML = Path(__file__).parent / "empty.toml"
@@ -507,6 +508,8 @@ def test_a_secret_under_32_bytes_is_refused():
     problems = problems_of({"ISSUER_SECRET_KEY": short})
     assert len(problems) == 1 and named(problems, "secret_key") and "31 bytes" in problems[0]
     assert short not in problems[0]
+    # The README says python3; so does the hint (python may be missing or Python 2).
+    assert 'python3 -c "import secrets; print(secrets.token_urlsafe(48))"' in problems[0]
 
 
 def test_a_weak_secret_from_the_file_is_refused_too(tmp_path):
@@ -514,30 +517,6 @@ def test_a_weak_secret_from_the_file_is_refused_too(tmp_path):
     path.write_text("a" * 40, encoding="utf-8")
     problems = problems_of({"ISSUER_SECRET_KEY_FILE": str(path)})
     assert named(problems, "secret_key") and "ISSUER_SECRET_KEY_FILE" in problems[0]
-
-
-@pytest.mark.parametrize(
-    "weak",
-    [
-        "a" * 40,
-        "password" * 5,
-        "abcdefghij" * 4,  # ten distinct characters: a plain Shannon count calls it 133 bits
-        "Tr0ub4dor&3-" * 3 + "xyzw",
-        "0123456789abcdefghijklmnopqrstuvwxyzABCD",
-    ],
-)
-def test_an_obviously_guessable_secret_of_40_bytes_is_refused(weak):
-    assert len(weak.encode()) >= 40
-    problems = problems_of({"ISSUER_SECRET_KEY": weak})
-    assert len(problems) == 1 and named(problems, "secret_key") and "guessable" in problems[0]
-    assert weak not in problems[0]
-
-
-def test_random_secrets_are_accepted():
-    for _ in range(100):
-        for secret in (secrets.token_urlsafe(32), secrets.token_hex(32)):
-            settings = load({"ISSUER_SECRET_KEY": secret})
-            assert settings.secret_key is not None and settings.secret_key.reveal() == secret
 
 
 def test_the_secret_never_shows_in_repr_or_str():

@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 
 from issuer.errors import DuplicateError, NotFoundError
-from issuer.models import AuthMethod, Client, RefreshRecord, Role, User, hash_client_secret
+from issuer.models import (
+    AuthMethod,
+    Client,
+    RefreshRecord,
+    Role,
+    Session,
+    User,
+    UserChange,
+    hash_client_secret,
+)
 from issuer.store.base import Store, UserAdmin, UserStore
 from issuer.store.memory import MemoryStore
 from issuer.store.sql import SqlStore, make_engine
@@ -25,7 +34,7 @@ OTHER_HASH = "$2b$04$" + "b" * 53
 NOW = 1_800_000_000
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     """The same store contract, once per implementation."""
     if request.param == "memory":
@@ -99,11 +108,30 @@ def test_a_taken_username_is_refused_and_changes_nothing(store: Store) -> None:
     assert store.list_users() == [first]
 
 
-def test_username_lookup_is_an_exact_match(store: Store) -> None:
-    store.add_user("alice", HASH, Role.ENGINEER)
+def test_username_lookup_matches_the_canonical_form_only(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
 
-    for near_miss in ("Alice", "ALICE", "alice ", " alice", "alic", "alice2", "al%", "al_ce", ""):
+    for variant in ("Alice", "ALICE", "\uff41\uff4c\uff49\uff43\uff45", "ALİCE".replace("İ", "I")):
+        assert store.get_by_username(variant) == alice, variant
+    for near_miss in ("alice ", " alice", "alic", "alice2", "al%", "al_ce", ""):
         assert store.get_by_username(near_miss) is None, near_miss
+
+
+def test_a_username_taken_in_another_case_or_unicode_form_is_refused(store: Store) -> None:
+    first = store.add_user("alice", HASH, Role.ENGINEER)
+
+    for variant in ("ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45"):
+        with pytest.raises(DuplicateError):
+            store.add_user(variant, OTHER_HASH, Role.ADMIN)
+
+    assert store.list_users() == [first]
+
+
+def test_a_user_keeps_the_spelling_it_was_added_with(store: Store) -> None:
+    added = store.add_user("Alice", HASH, Role.ENGINEER)
+
+    assert store.get_by_username("alice") == added
+    assert added.username == "Alice"
 
 
 def test_unknown_user_is_none(store: Store) -> None:
@@ -112,12 +140,12 @@ def test_unknown_user_is_none(store: Store) -> None:
 
 
 def test_users_are_listed_in_username_order(store: Store) -> None:
-    for name in ("carol", "alice", "Bob", "bob", "_ops", "dave"):
+    for name in ("carol", "alice", "Bob", "bobby", "_ops", "dave"):
         store.add_user(name, HASH, Role.VIEWER)
 
     names = [u.username for u in store.list_users()]
 
-    assert names == sorted(["carol", "alice", "Bob", "bob", "_ops", "dave"])
+    assert names == sorted(["carol", "alice", "Bob", "bobby", "_ops", "dave"])
 
 
 def test_an_empty_store_lists_no_users(store: Store) -> None:
@@ -161,7 +189,7 @@ def test_changing_an_unknown_user_raises_not_found(store: Store) -> None:
     with pytest.raises(NotFoundError):
         store.set_password_hash("nobody", OTHER_HASH)
     with pytest.raises(NotFoundError):
-        store.set_active("Alice", False)
+        store.set_active("alice2", False)
 
     assert store.get_by_username("alice").is_active is True  # type: ignore[union-attr]
 
@@ -283,8 +311,9 @@ def test_removing_a_client_revokes_its_refresh_tokens_only(store: Store) -> None
         store.create(r)
 
     before = int(time.time())
-    store.remove_client("web")
+    ended = store.remove_client("web")
 
+    assert ended == ["fam-w1", "fam-w2"]
     for r in web_tokens:
         revoked = store.get(r.jti)
         assert revoked is not None and revoked.revoked_at is not None
@@ -332,6 +361,7 @@ def test_rotation_spends_the_old_record_and_records_the_new_one(store: Store) ->
     spent = store.get(old.jti)
     assert spent is not None
     assert spent.spent_at == NOW + 60 and spent.revoked_at is None and not spent.is_usable
+    assert spent.successor_jti == new.jti
     assert store.get(new.jti) == new
 
 
@@ -472,3 +502,231 @@ def test_an_unreachable_database_fails_ping_without_raising(tmp_path: Any) -> No
 def test_every_store_satisfies_the_user_store_protocol(store: Store) -> None:
     assert isinstance(store, UserStore) and isinstance(store, UserAdmin)
     assert isinstance(store.add_user("alice", HASH, Role.ADMIN), User)
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+def test_a_record_knows_when_its_session_started(store: Store) -> None:
+    first = record(issued_at=NOW)
+    store.create(first)
+    later = record(issued_at=NOW + 500, session_started_at=NOW)
+    assert store.rotate(first.jti, later, NOW + 500)
+
+    assert store.get(first.jti).session_started_at == NOW  # type: ignore[union-attr]
+    assert store.get(later.jti).session_started_at == NOW  # type: ignore[union-attr]
+
+
+def test_a_session_is_live_until_revoked_and_ended_once_revoked(store: Store) -> None:
+    first = record("fam-1")
+    store.create(first)
+    store.create(record("fam-2"))
+    assert store.rotate(first.jti, record("fam-1", issued_at=NOW + 1), NOW + 1)
+
+    assert store.session_revoked("fam-1") is False
+    store.revoke_family("fam-1", NOW + 2)
+
+    assert store.session_revoked("fam-1") is True
+    assert store.session_revoked("fam-2") is False
+
+
+def test_a_session_with_no_record_left_counts_as_ended(store: Store) -> None:
+    assert store.session_revoked("no-such-family") is True
+
+
+def test_ending_a_users_sessions_revokes_only_theirs(store: Store) -> None:
+    store.create(record("fam-a1", user_id="alice"))
+    store.create(record("fam-a2", user_id="alice"))
+    store.create(record("fam-b", user_id="bob"))
+
+    assert store.end_user_sessions("alice", NOW + 1) == ["fam-a1", "fam-a2"]
+
+    assert store.session_revoked("fam-a1") and store.session_revoked("fam-a2")
+    assert not store.session_revoked("fam-b")
+    assert store.end_user_sessions("alice", NOW + 2) == []
+
+
+def test_live_sessions_are_listed_oldest_first_without_ended_ones(store: Store) -> None:
+    first = record("fam-old", user_id="alice", issued_at=NOW, expires_at=NOW + 1000)
+    store.create(first)
+    rotated = record(
+        "fam-old",
+        user_id="alice",
+        issued_at=NOW + 100,
+        expires_at=NOW + 1100,
+        session_started_at=NOW,
+    )
+    assert store.rotate(first.jti, rotated, NOW + 100)
+    store.create(
+        record("fam-new", "cli", user_id="alice", issued_at=NOW + 50, expires_at=NOW + 900)
+    )
+    store.create(record("fam-revoked", user_id="alice", issued_at=NOW + 10))
+    store.revoke_family("fam-revoked", NOW + 20)
+    store.create(record("fam-idle", user_id="alice", issued_at=NOW - 2000, expires_at=NOW + 60))
+    store.create(record("fam-bob", user_id="bob"))
+
+    listed = store.list_sessions("alice", NOW + 120)
+
+    assert listed == [
+        Session("fam-old", "alice", "webapp", NOW, NOW + 100, NOW + 1100),
+        Session("fam-new", "alice", "cli", NOW + 50, NOW + 50, NOW + 900),
+    ]
+    assert store.list_sessions("nobody", NOW) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        (UserChange(password_hash=OTHER_HASH), lambda u: u.password_hash == OTHER_HASH),
+        (UserChange(is_active=False), lambda u: u.is_active is False),
+        (UserChange(role=Role.ADMIN), lambda u: u.role is Role.ADMIN),
+    ],
+    ids=["password", "disable", "role"],
+)
+def test_a_security_event_changes_the_user_and_ends_all_their_sessions(
+    store: Store, change: UserChange, check: Any
+) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    bob = store.add_user("bob", HASH, Role.ENGINEER)
+    store.create(record("fam-a", user_id=alice.id))
+    store.create(record("fam-b", user_id=bob.id))
+
+    changed, ended = store.change_user("ALICE", change, NOW + 1)
+
+    assert changed.id == alice.id and check(changed) and check(store.get_by_id(alice.id))
+    assert ended == ["fam-a"]
+    assert store.session_revoked("fam-a") and not store.session_revoked("fam-b")
+    assert store.get_by_id(bob.id) == bob
+
+
+def test_removing_a_user_forgets_them_and_ends_their_sessions(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    store.create(record("fam-a", user_id=alice.id))
+    store.save_reset(alice.id, "h" * 64, NOW + 60, NOW)
+
+    removed, ended = store.change_user("alice", UserChange(remove=True), NOW + 1)
+
+    assert removed == alice and ended == ["fam-a"]
+    assert store.get_by_id(alice.id) is None and store.get_by_username("alice") is None
+    assert store.reset_owner("h" * 64, NOW) is None
+    assert store.add_user("alice", HASH, Role.VIEWER).id != alice.id
+
+
+def test_a_security_event_on_an_unknown_user_raises_and_ends_nothing(store: Store) -> None:
+    store.create(record("fam-x", user_id="someone"))
+
+    for change in (UserChange(is_active=False), UserChange(remove=True)):
+        with pytest.raises(NotFoundError):
+            store.change_user("nobody", change, NOW)
+
+    assert not store.session_revoked("fam-x")
+
+
+def test_a_password_hash_is_upgraded_only_if_unchanged_meanwhile(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+
+    assert store.upgrade_password_hash(alice.id, OTHER_HASH, "$2b$12$" + "c" * 53) is False
+    assert store.upgrade_password_hash(alice.id, HASH, OTHER_HASH) is True
+    assert store.get_by_id(alice.id).password_hash == OTHER_HASH  # type: ignore[union-attr]
+    assert store.upgrade_password_hash("nobody", HASH, OTHER_HASH) is False
+
+
+# -- password resets -----------------------------------------------------------
+
+
+def test_a_pending_reset_names_its_user_until_it_expires(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    store.save_reset(alice.id, "a" * 64, NOW + 60, NOW)
+
+    assert store.reset_owner("a" * 64, NOW + 60) == alice.id
+    assert store.reset_owner("a" * 64, NOW + 61) is None
+    assert store.reset_owner("b" * 64, NOW) is None
+
+
+def test_a_new_reset_replaces_the_older_one(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    store.save_reset(alice.id, "a" * 64, NOW + 60, NOW)
+    store.save_reset(alice.id, "b" * 64, NOW + 60, NOW + 1)
+
+    assert store.reset_owner("a" * 64, NOW + 1) is None
+    assert store.reset_owner("b" * 64, NOW + 1) == alice.id
+
+
+def test_redeeming_a_reset_sets_the_password_ends_sessions_and_spends_it(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    bob = store.add_user("bob", HASH, Role.ENGINEER)
+    store.create(record("fam-a", user_id=alice.id))
+    store.create(record("fam-b", user_id=bob.id))
+    store.save_reset(alice.id, "a" * 64, NOW + 60, NOW)
+
+    redeemed = store.redeem_reset("a" * 64, OTHER_HASH, NOW + 10)
+
+    assert redeemed is not None
+    user, ended = redeemed
+    assert user.id == alice.id and user.password_hash == OTHER_HASH
+    assert ended == ["fam-a"] and not store.session_revoked("fam-b")
+    assert store.redeem_reset("a" * 64, HASH, NOW + 11) is None
+    assert store.get_by_id(alice.id).password_hash == OTHER_HASH  # type: ignore[union-attr]
+
+
+def test_an_expired_or_unknown_reset_redeems_nothing(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    store.create(record("fam-a", user_id=alice.id))
+    store.save_reset(alice.id, "a" * 64, NOW + 60, NOW)
+
+    assert store.redeem_reset("a" * 64, OTHER_HASH, NOW + 61) is None
+    assert store.redeem_reset("c" * 64, OTHER_HASH, NOW) is None
+
+    assert store.get_by_id(alice.id) == alice
+    assert not store.session_revoked("fam-a")
+
+
+def test_every_change_moves_updated_at_forward_and_a_rehash_does_not(store: Store) -> None:
+    added = store.add_user("alice", HASH, Role.ENGINEER)
+
+    first = store.set_active("alice", False)
+    second = store.set_active("alice", True)
+    assert added.updated_at < first.updated_at < second.updated_at
+
+    assert store.upgrade_password_hash(added.id, HASH, OTHER_HASH)
+    assert store.get_by_id(added.id).updated_at == second.updated_at  # type: ignore[union-attr]
+
+
+def test_a_session_starts_for_the_user_as_the_login_read_it(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    first = record("fam-1", user_id=alice.id)
+
+    assert store.start_session(first, alice) is True
+
+    assert store.get(first.jti) == first
+    with pytest.raises(DuplicateError):
+        store.start_session(record("fam-2", user_id=alice.id, jti=first.jti), alice)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        UserChange(password_hash=OTHER_HASH),
+        UserChange(role=Role.ADMIN),
+        UserChange(is_active=False),
+        UserChange(remove=True),
+    ],
+    ids=["password", "role", "disable", "remove"],
+)
+def test_a_session_does_not_start_for_a_user_changed_since_the_login_read_it(
+    store: Store, change: UserChange
+) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    store.change_user("alice", change, NOW)
+    late = record("fam-late", user_id=alice.id)
+
+    assert store.start_session(late, alice) is False
+
+    assert store.get(late.jti) is None
+
+
+def test_a_rehash_does_not_stop_a_concurrent_login(store: Store) -> None:
+    alice = store.add_user("alice", HASH, Role.ENGINEER)
+    assert store.upgrade_password_hash(alice.id, HASH, OTHER_HASH)
+
+    assert store.start_session(record("fam-1", user_id=alice.id), alice) is True

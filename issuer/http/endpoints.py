@@ -55,6 +55,7 @@ class Endpoints:
     discovery_bytes: bytes
     jwks_max_age: int
     trusted_proxies: tuple[Network, ...] = ()
+    password_reset_call: OAuthCall | None = None
 
     async def token(self, request: Request) -> Response:
         return await self._oauth(request, routes.TOKEN, self.server.token_response)
@@ -64,6 +65,12 @@ class Endpoints:
 
     async def introspect(self, request: Request) -> Response:
         return await self._oauth(request, routes.INTROSPECT, self.server.introspection_response)
+
+    async def password_reset(self, request: Request) -> Response:
+        """Redeem a password reset token (issuer.resets); 404 when not configured."""
+        if self.password_reset_call is None:
+            return error_response("not_found", "Password reset is not available.", 404)
+        return await self._oauth(request, routes.PASSWORD_RESET, self.password_reset_call)
 
     async def _oauth(self, request: Request, path: str, call: OAuthCall) -> Response:
         try:

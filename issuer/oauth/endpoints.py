@@ -80,10 +80,8 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
         if token.token_type == REFRESH:
             record = self.server.store.get(claims["jti"])
             if record is not None:
-                self.server.store.revoke_family(record.family_id, now)
-                audit.info(
-                    "revoke refresh family=%s client_id=%s", record.family_id, record.client_id
-                )
+                revoked = self.server.store.revoke_family(record.family_id, now)
+                self.server.on_session_revoked(record, revoked, request)
         else:
             exp = claims.get("exp")
             expires_at = exp if isinstance(exp, int) else now + self.server.tokens.access_ttl

@@ -19,7 +19,7 @@ from authlib.oauth2.rfc6749.grants import (
 )
 
 from issuer.errors import TokenError
-from issuer.models import RefreshRecord, User
+from issuer.models import RefreshRecord, User, canonical_username
 from issuer.oauth.clients import TOKEN_AUTH_METHODS, OAuthClient, presented_secret, scope_list
 from issuer.tokens import REFRESH
 
@@ -55,13 +55,15 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
         self.request.client = client
         self.request.scope = self.server.resolve_scope(client, self.request.payload.scope)
         username = form["username"]
+        # Budgets count the canonical name: ALICE and alice are one user.
+        canonical = canonical_username(username)
         # Before bcrypt: a blocked guesser must not cost a hash.
-        self.server.check_login_allowed(self.request, username)
+        self.server.check_login_allowed(self.request, canonical)
         user = self.authenticate_user(username, form["password"])
         if user is None:
-            self.server.on_login_failure(self.request, username)
+            self.server.on_login_failure(self.request, canonical)
             raise InvalidGrantError(BAD_CREDENTIALS)
-        self.server.on_login_success(self.request, username)
+        self.server.on_login_success(self.request, canonical)
         self.request.user = user
 
     def authenticate_user(self, username: str, password: str) -> User | None:
@@ -78,26 +80,39 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
             user,
             client,
             self.request.scope,
-            auth_time=self.server.tokens.now(),
+            self.server.sessions.for_new_session(),
             client_secret=presented_secret(self.request),
         )
-        if record is not None:
-            self.server.store.create(record)
+        if record is not None and not self.server.start_session(record, user):
+            # A password change, role change, disable or removal won the race with this
+            # login: the password it checked may no longer be the user's.
+            audit.warning("login refused: the user changed during the login")
+            raise InvalidGrantError(BAD_CREDENTIALS)
         audit.info(
-            "login user_id=%s client_id=%s family=%s",
+            "login user_id=%s username=%s client_id=%s family=%s",
             user.id,
+            canonical_username(user.username),
             client.get_client_id(),
             record.family_id if record is not None else "-",
         )
+        # The response is decided: only now may a right password pay for a rehash.
+        self.server.rehash_if_needed(self.request.user, self.request.form["password"])
         return 200, token, self.server.token_headers()
 
 
 class RefreshCredential:
-    """A verified refresh token: its claims and its server-side record."""
+    """A verified refresh token: its claims and its server-side record.
 
-    def __init__(self, claims: dict[str, Any], record: RefreshRecord) -> None:
+    ``retry_of`` is set when the token was spent moments ago by the same client and its
+    successor is unspent (``refresh_retry_window``): the answer is that successor again.
+    """
+
+    def __init__(
+        self, claims: dict[str, Any], record: RefreshRecord, retry_of: RefreshRecord | None = None
+    ) -> None:
         self.claims = claims
         self.record = record
+        self.retry_of = retry_of
 
     def check_client(self, client: OAuthClient) -> bool:
         return self.record.client_id == client.get_client_id()
@@ -147,7 +162,12 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
         if record is None or record.revoked_at is not None:
             return None
         if record.spent_at is not None:
-            self.server.on_refresh_reuse(record, "a spent refresh token was presented again")
+            successor = self.server.retry_successor(record, self.request.client.get_client_id())
+            if successor is not None:
+                return RefreshCredential(claims, successor, retry_of=record)
+            self.server.on_refresh_reuse(
+                record, "a spent refresh token was presented again", self.request
+            )
             return None
         return RefreshCredential(claims, record)
 
@@ -160,19 +180,35 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
             raise InvalidGrantError(BAD_REFRESH)
         requested = self.request.payload.scope
         access_scope = " ".join(scope_list(requested)) if requested is not None else old.scope
-        auth_time = credential.claims.get("auth_time")
+        if credential.retry_of is not None:
+            retried = self.server.reissue_tokens(
+                user,
+                self.request.client,
+                access_scope,
+                old,
+                client_secret=presented_secret(self.request),
+            )
+            if retried is None:
+                raise InvalidGrantError(BAD_REFRESH)
+            return 200, retried, self.server.token_headers()
+        lifetimes = self.server.session_lifetimes(old.session_started_at)
+        if lifetimes is None:  # the session reached session_max_lifetime
+            raise InvalidGrantError(BAD_REFRESH)
         token, new = self.server.issue_tokens(
             user,
             self.request.client,
             access_scope,
+            lifetimes,
             family_id=old.family_id,
             refresh_scope=old.scope,
-            auth_time=auth_time if isinstance(auth_time, int) else None,
+            session_started_at=old.session_started_at,
             client_secret=presented_secret(self.request),
         )
         if new is None:  # Authlib admits only clients registered for this grant: defensive
             raise UnauthorizedClientError("The client may not use the refresh_token grant.")
         if not self.server.store.rotate(old.jti, new, self.server.tokens.now()):
-            self.server.on_refresh_reuse(old, "a refresh token was spent concurrently")
+            self.server.on_refresh_reuse(
+                old, "a refresh token was spent concurrently", self.request
+            )
             raise InvalidGrantError(BAD_REFRESH)
         return 200, token, self.server.token_headers()

@@ -39,8 +39,15 @@ from issuer.oauth.oidc import OPENID, IdTokens
 from issuer.oauth.requests import HttpRequest, IssuerOAuth2Request, OAuthResponse
 from issuer.passwords import PasswordHasher
 from issuer.ratelimit import LoginLimiter
+from issuer.sessions import (
+    DEFAULT_SESSION_MAX_LIFETIME,
+    SESSION_CLAIM,
+    Lifetimes,
+    SessionPolicy,
+    describe,
+)
 from issuer.store.base import Store, UserStore
-from issuer.tokens import TokenService
+from issuer.tokens import REFRESH, TokenService
 
 log = logging.getLogger("issuer.oauth")
 audit = logging.getLogger("issuer.audit")
@@ -100,6 +107,8 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         default_scope: str,
         login_failure_hook: LoginFailureHook | None = None,
         limiter: LoginLimiter | None = None,
+        sessions: SessionPolicy | None = None,
+        refresh_retry_window: int = 0,
     ) -> None:
         super().__init__(scopes_supported=list(scopes))
         silence_authlib_token_logging()
@@ -112,6 +121,10 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         self.login_failure_hook = login_failure_hook
         self.limiter = limiter
         self.id_tokens = IdTokens(tokens)
+        self.sessions = sessions or SessionPolicy(
+            tokens.access_ttl, tokens.refresh_ttl, DEFAULT_SESSION_MAX_LIFETIME
+        )
+        self.refresh_retry_window = refresh_retry_window
         for name, method in self.CLIENT_AUTH_METHODS:
             self.register_client_auth_method(name, method)
         for grant in self.GRANTS:
@@ -238,87 +251,192 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             raise InvalidScopeError("The requested scope is not allowed for this client.")
         return " ".join(wanted)
 
+    def session_lifetimes(self, started_at: int) -> Lifetimes | None:
+        """Token lifetimes for a session started at ``started_at``; None once the session
+        reached ``session_max_lifetime``."""
+        return self.sessions.lifetimes(self.tokens.now(), started_at)
+
     def issue_tokens(
         self,
         user: User,
         client: OAuthClient,
         scope: str,
+        lifetimes: Lifetimes,
         *,
         family_id: str | None = None,
         refresh_scope: str | None = None,
-        auth_time: int | None = None,
+        session_started_at: int = 0,
         client_secret: str | None = None,
     ) -> tuple[dict[str, Any], RefreshRecord | None]:
         """A token response body and the record of its new refresh token.
 
+        The access token carries ``sid`` = the family id, so the session's end ends it too.
         A client not registered for the ``refresh_token`` grant could never use a refresh
-        token: it gets none, and nothing is recorded (the record is None). With ``openid``
-        in ``scope`` the body carries an ID token (:mod:`issuer.oauth.oidc`).
+        token: it gets none and nothing is recorded (the record is None), so it has no
+        session and its access tokens carry no ``sid``. With ``openid`` in ``scope`` the
+        body carries an ID token (:mod:`issuer.oauth.oidc`) whose ``auth_time`` is the
+        session's start: the login.
         """
         client_id = client.get_client_id()
-        with_refresh = client.check_grant_type(RefreshTokenGrant.GRANT_TYPE)
-        if with_refresh and family_id is None:
-            family_id = uuid.uuid4().hex  # a new session: the family its refreshes share
-        access, access_claims = self.tokens.create_access_token(
-            self.tokens.access_claims_for(user, client_id, scope)
+        started = session_started_at or self.tokens.now()
+        record: RefreshRecord | None = None
+        refresh: str | None = None
+        if client.check_grant_type(RefreshTokenGrant.GRANT_TYPE):
+            refresh_data: dict[str, Any] = {
+                "sub": user.id,
+                "client_id": client_id,
+                "scope": refresh_scope if refresh_scope is not None else scope,
+                "fam": family_id or uuid.uuid4().hex,
+            }
+            refresh, refresh_claims = self.tokens.create_refresh_token(
+                refresh_data, lifetimes.refresh
+            )
+            record = RefreshRecord(
+                jti=refresh_claims["jti"],
+                family_id=refresh_claims["fam"],
+                user_id=user.id,
+                client_id=client_id,
+                scope=refresh_claims["scope"],
+                issued_at=refresh_claims["iat"],
+                expires_at=refresh_claims["exp"],
+                session_started_at=started,
+            )
+        body = self._token_body(
+            user=user,
+            client=client,
+            scope=scope,
+            lifetimes=lifetimes,
+            record=record,
+            refresh=refresh,
+            auth_time=started,
+            client_secret=client_secret,
         )
+        return body, record
+
+    def _token_body(
+        self,
+        *,
+        user: User,
+        client: OAuthClient,
+        scope: str,
+        lifetimes: Lifetimes,
+        record: RefreshRecord | None,
+        refresh: str | None,
+        auth_time: int,
+        client_secret: str | None,
+    ) -> dict[str, Any]:
+        access_data = self.tokens.access_claims_for(user, client.get_client_id(), scope)
+        access_ttl = lifetimes.access
+        if record is not None:
+            access_data[SESSION_CLAIM] = record.family_id
+            access_ttl = min(access_ttl, max(record.expires_at - self.tokens.now(), 1))
+        access, access_claims = self.tokens.create_access_token(access_data, access_ttl)
         body: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
             "expires_in": access_claims["exp"] - access_claims["iat"],
             "scope": scope,
         }
-        record: RefreshRecord | None = None
-        if with_refresh and family_id is not None:
-            body["refresh_token"], record = self._refresh_token(
-                user,
-                client_id,
-                refresh_scope if refresh_scope is not None else scope,
-                family_id,
-                auth_time,
-            )
+        if refresh is not None:
+            body["refresh_token"] = refresh
         if OPENID in scope_list(scope):
             id_token = self.id_tokens.create(
                 user,
                 client.client,
                 auth_time=auth_time,
-                sid=family_id if record is not None else None,
+                sid=record.family_id if record is not None else None,
                 client_secret=client_secret,
             )
             if id_token is not None:
                 body["id_token"] = id_token
-        return body, record
+        return body
 
-    def _refresh_token(
+    def start_session(self, record: RefreshRecord, user: User) -> bool:
+        """Record a login's first refresh token, unless a security event changed the user
+        since the password was checked (then False: the login must fail)."""
+        if self.users is not self.store:  # users live elsewhere: nothing to lock here
+            self.store.create(record)
+            return True
+        return self.store.start_session(record, user)
+
+    def retry_successor(self, record: RefreshRecord, client_id: str) -> RefreshRecord | None:
+        """The successor to hand out again if presenting spent ``record`` is a lost-response
+        retry: within ``refresh_retry_window`` seconds of its rotation, by the same
+        client, while the successor is still unspent. None means: treat it as reuse."""
+        if (
+            self.refresh_retry_window <= 0
+            or record.spent_at is None
+            or record.revoked_at is not None
+            or record.successor_jti is None
+            or record.client_id != client_id
+            or self.tokens.now() - record.spent_at > self.refresh_retry_window
+        ):
+            return None
+        successor = self.store.get(record.successor_jti)
+        if successor is None or not successor.is_usable or successor.client_id != client_id:
+            return None
+        return successor
+
+    def reissue_tokens(
         self,
         user: User,
-        client_id: str,
+        client: OAuthClient,
         scope: str,
-        family_id: str,
-        auth_time: int | None,
-    ) -> tuple[str, RefreshRecord]:
-        """A new refresh token of the family ``family_id`` and its record."""
-        refresh_data: dict[str, Any] = {
-            "sub": user.id,
-            "client_id": client_id,
-            "scope": scope,
-            "fam": family_id,
-        }
-        if auth_time is not None:
-            # Signed into the refresh token, so every refresh can repeat the login time
-            # in its ID token (OIDC Core §2 auth_time) without storing it.
-            refresh_data["auth_time"] = auth_time
-        refresh, refresh_claims = self.tokens.create_refresh_token(refresh_data)
-        record = RefreshRecord(
-            jti=refresh_claims["jti"],
-            family_id=refresh_claims["fam"],
-            user_id=user.id,
-            client_id=client_id,
-            scope=refresh_claims["scope"],
-            issued_at=refresh_claims["iat"],
-            expires_at=refresh_claims["exp"],
+        successor: RefreshRecord,
+        client_secret: str | None = None,
+    ) -> dict[str, Any] | None:
+        """The same successor refresh token (its stored claims signed again: one chain,
+        never a fork) with a fresh access token; None if the session is over."""
+        lifetimes = self.session_lifetimes(successor.session_started_at)
+        if lifetimes is None or successor.expires_at <= self.tokens.now():
+            return None
+        refresh = self.tokens.sign_claims(
+            {
+                "sub": successor.user_id,
+                "client_id": successor.client_id,
+                "scope": successor.scope,
+                "fam": successor.family_id,
+                "iss": self.tokens.issuer,
+                "aud": self.tokens.issuer,
+                "iat": successor.issued_at,
+                "exp": successor.expires_at,
+                "jti": successor.jti,
+                "type": REFRESH,
+            },
+            REFRESH,
         )
-        return refresh, record
+        audit.info(
+            "refresh retried within the retry window: %s family=%s client_id=%s",
+            describe(user),
+            successor.family_id,
+            successor.client_id,
+        )
+        return self._token_body(
+            user=user,
+            client=client,
+            scope=scope,
+            lifetimes=lifetimes,
+            record=successor,
+            refresh=refresh,
+            auth_time=successor.session_started_at,
+            client_secret=client_secret,
+        )
+
+    def rehash_if_needed(self, user: User, password: str) -> None:
+        """After a successful login: upgrade a hash of a lower bcrypt cost than configured.
+
+        Called once the response is decided; only a right password gets here, so failed
+        logins never pay for it. A failure to rehash never fails the login.
+        """
+        old = user.password_hash
+        upgrade = getattr(self.users, "upgrade_password_hash", None)
+        if old is None or upgrade is None or not self.hasher.needs_rehash(old):
+            return
+        try:
+            if upgrade(user.id, old, self.hasher.hash(password)):
+                audit.info("password rehashed at cost %d: %s", self.hasher.rounds, describe(user))
+        except Exception:
+            log.exception("rehashing the password of user_id=%s failed", user.id)
 
     def token_headers(self) -> list[tuple[str, str]]:
         return list(NO_STORE_HEADERS)
@@ -367,15 +485,37 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             return f"user_hash={self.limiter.pseudonym(username)}"
         return "user_hash=-"
 
-    def on_refresh_reuse(self, record: RefreshRecord, reason: str) -> None:
+    def on_session_revoked(
+        self, record: RefreshRecord, revoked: int, request: OAuth2Request
+    ) -> None:
+        """Audit a refresh token revoked at /oauth/revoke (RFC 7009): its session ended."""
+        user = self.users.get_by_id(record.user_id)
+        audit.info(
+            "revoke refresh: session ended family=%s (%d tokens) user_id=%s username=%s "
+            "client_id=%s address=%s",
+            record.family_id,
+            revoked,
+            record.user_id,
+            canonical_username(user.username) if user else "-",
+            record.client_id,
+            client_ip(request) or "-",
+        )
+
+    def on_refresh_reuse(
+        self, record: RefreshRecord, reason: str, request: OAuth2Request | None = None
+    ) -> None:
         revoked = self.store.revoke_family(record.family_id, self.tokens.now())
+        user = self.users.get_by_id(record.user_id)
         audit.warning(
-            "refresh token reuse: %s; revoked family=%s (%d tokens) user_id=%s client_id=%s",
+            "refresh token reuse: %s; revoked family=%s (%d tokens) user_id=%s username=%s "
+            "client_id=%s address=%s",
             reason,
             record.family_id,
             revoked,
             record.user_id,
+            canonical_username(user.username) if user else "-",
             record.client_id,
+            (client_ip(request) if request is not None else "") or "-",
         )
 
 

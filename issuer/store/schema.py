@@ -32,6 +32,8 @@ users = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("username", String(150), nullable=False, unique=True),
+    # models.canonical_username(username): what logins match and uniqueness is kept in.
+    Column("username_canonical", String(150), nullable=False, unique=True),
     Column("password_hash", String(60), nullable=True),
     Column("role", String(16), nullable=False),
     Column("is_active", Boolean, nullable=False, default=True),
@@ -69,9 +71,27 @@ refresh_tokens = Table(
     Column("expires_at", BigInteger, nullable=False),
     Column("spent_at", BigInteger, nullable=True),
     Column("revoked_at", BigInteger, nullable=True),
+    # The session's start (its first record's issued_at), copied into every record so
+    # the absolute lifetime survives the purge of the family's early records.
+    Column("session_started_at", BigInteger, nullable=False),
+    # The jti this record was rotated into: what a retry within refresh_retry_window gets.
+    Column("successor_jti", String(64), nullable=True),
     Index("ix_refresh_tokens_family_id", "family_id"),
     Index("ix_refresh_tokens_client_id", "client_id"),
     Index("ix_refresh_tokens_expires_at", "expires_at"),
+    # The session check reads a family's newest record: one probe of this index.
+    Index("ix_refresh_tokens_family_newest", "family_id", "issued_at"),
+    Index("ix_refresh_tokens_user_id", "user_id"),
+)
+
+password_resets = Table(
+    "password_resets",
+    metadata,
+    # One pending reset per user: issuing a new token replaces the older one.
+    Column("user_id", String(36), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
 )
 
 revoked_access_tokens = Table(

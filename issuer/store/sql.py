@@ -39,8 +39,23 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from issuer.errors import DuplicateError, NotFoundError
-from issuer.models import AuthMethod, Client, RefreshRecord, Role, User
-from issuer.store.schema import clients, refresh_tokens, revoked_access_tokens, users
+from issuer.models import (
+    AuthMethod,
+    Client,
+    RefreshRecord,
+    Role,
+    Session,
+    User,
+    UserChange,
+    canonical_username,
+)
+from issuer.store.schema import (
+    clients,
+    password_resets,
+    refresh_tokens,
+    revoked_access_tokens,
+    users,
+)
 
 SQLITE_BUSY_TIMEOUT_S = 30
 _UMASK_LOCK = threading.Lock()
@@ -180,6 +195,8 @@ def _refresh(row: RowMapping) -> RefreshRecord:
         expires_at=int(row["expires_at"]),
         spent_at=row["spent_at"],
         revoked_at=row["revoked_at"],
+        session_started_at=int(row["session_started_at"]),
+        successor_jti=row["successor_jti"],
     )
 
 
@@ -200,7 +217,7 @@ class SqlStore:
 
     # users
     def get_by_username(self, username: str) -> User | None:
-        return self._one_user(users.c.username == username)
+        return self._one_user(users.c.username_canonical == canonical_username(username))
 
     def get_by_id(self, user_id: str) -> User | None:
         return self._one_user(users.c.id == user_id)
@@ -219,6 +236,7 @@ class SqlStore:
                     insert(users).values(
                         id=user.id,
                         username=username,
+                        username_canonical=canonical_username(username),
                         password_hash=password_hash,
                         role=role.value,
                         is_active=True,
@@ -244,19 +262,150 @@ class SqlStore:
 
     def _update_user(self, username: str, **values: Any) -> User:
         with self._writer.begin() as conn:
+            return _update_user(conn, username, values)
+
+    def upgrade_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        # No updated_at: a rehash changes how the password is stored, not the account.
+        with self._writer.begin() as conn:
+            result = conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .where(users.c.password_hash == old_hash)
+                .values(password_hash=new_hash)
+            )
+        return int(result.rowcount) == 1
+
+    # sessions
+    def start_session(self, record: RefreshRecord, user: User) -> bool:
+        try:
+            with self._writer.begin() as conn:
+                # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes):
+                # a concurrent security event waits for this commit, then ends this
+                # session too; or it committed first, and the check below fails.
+                current = conn.execute(
+                    select(users.c.updated_at).where(users.c.id == user.id).with_for_update()
+                ).first()
+                if current is None or int(current.updated_at) != user.updated_at:
+                    return False
+                _insert_refresh(conn, record)
+        except IntegrityError:
+            raise DuplicateError("refresh token id already recorded") from None
+        return True
+
+    def session_revoked(self, family_id: str) -> bool:
+        query = (
+            select(refresh_tokens.c.revoked_at)
+            .where(refresh_tokens.c.family_id == family_id)
+            .order_by(refresh_tokens.c.issued_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return row is None or row.revoked_at is not None
+
+    def list_sessions(self, user_id: str, now: int) -> Sequence[Session]:
+        r = refresh_tokens.c
+        query = (
+            select(
+                r.family_id,
+                func.min(r.client_id).label("client_id"),
+                func.min(r.session_started_at).label("started_at"),
+                func.max(r.issued_at).label("refreshed_at"),
+                func.max(r.expires_at).label("expires_at"),
+            )
+            .where(r.user_id == user_id)
+            .group_by(r.family_id)
+            .having(func.count(r.revoked_at) == 0)
+            .having(func.max(r.expires_at) > now)
+            .order_by(func.min(r.session_started_at), r.family_id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            Session(
+                family_id=row["family_id"],
+                user_id=user_id,
+                client_id=row["client_id"],
+                started_at=int(row["started_at"]),
+                refreshed_at=int(row["refreshed_at"]),
+                expires_at=int(row["expires_at"]),
+            )
+            for row in rows
+        ]
+
+    def end_user_sessions(self, user_id: str, now: int) -> list[str]:
+        with self._writer.begin() as conn:
+            return _revoke_refresh_tokens(conn, refresh_tokens.c.user_id == user_id, now)
+
+    def change_user(self, username: str, change: UserChange, now: int) -> tuple[User, list[str]]:
+        with self._writer.begin() as conn:
+            if change.remove:
+                row = (
+                    conn.execute(
+                        delete(users)
+                        .where(users.c.username_canonical == canonical_username(username))
+                        .returning(*users.c)
+                    )
+                    .mappings()
+                    .first()
+                )
+                if row is None:
+                    raise NotFoundError(f"no user {username!r}")
+                user = _user(row)
+                conn.execute(delete(password_resets).where(password_resets.c.user_id == user.id))
+            else:
+                user = _update_user(conn, username, change.values(), now)
+            ended = _revoke_refresh_tokens(conn, refresh_tokens.c.user_id == user.id, now)
+        return user, ended
+
+    # password resets
+    def save_reset(self, user_id: str, token_hash: str, expires_at: int, now: int) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(delete(password_resets).where(password_resets.c.user_id == user_id))
+            conn.execute(
+                insert(password_resets).values(
+                    user_id=user_id, token_hash=token_hash, expires_at=expires_at, created_at=now
+                )
+            )
+
+    def reset_owner(self, token_hash: str, now: int) -> str | None:
+        query = (
+            select(password_resets.c.user_id)
+            .where(password_resets.c.token_hash == token_hash)
+            .where(password_resets.c.expires_at >= now)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return str(row.user_id) if row else None
+
+    def redeem_reset(
+        self, token_hash: str, password_hash: str, now: int
+    ) -> tuple[User, list[str]] | None:
+        with self._writer.begin() as conn:
+            # Deleting the row is the single-use compare-and-set: of concurrent
+            # redemptions of one token, exactly one deletes it.
+            spent = conn.execute(
+                delete(password_resets)
+                .where(password_resets.c.token_hash == token_hash)
+                .where(password_resets.c.expires_at >= now)
+                .returning(password_resets.c.user_id)
+            ).first()
+            if spent is None:
+                return None
             row = (
                 conn.execute(
                     update(users)
-                    .where(users.c.username == username)
-                    .values(updated_at=int(time.time()), **values)
+                    .where(users.c.id == spent.user_id)
+                    .values(password_hash=password_hash, updated_at=_next_version(conn, now))
                     .returning(*users.c)
                 )
                 .mappings()
                 .first()
             )
-        if row is None:
-            raise NotFoundError(f"no user {username!r}")
-        return _user(row)
+            if row is None:
+                return None
+            ended = _revoke_refresh_tokens(conn, refresh_tokens.c.user_id == spent.user_id, now)
+        return _user(row), ended
 
     # clients
     def get_client(self, client_id: str) -> Client | None:
@@ -309,13 +458,13 @@ class SqlStore:
             raise NotFoundError(f"no client {client_id!r}")
         return _client(row)
 
-    def remove_client(self, client_id: str) -> None:
+    def remove_client(self, client_id: str) -> list[str]:
         now = int(time.time())
         with self._writer.begin() as conn:
             result = conn.execute(delete(clients).where(clients.c.client_id == client_id))
             if result.rowcount != 1:
                 raise NotFoundError(f"no client {client_id!r}")
-            _revoke_refresh_tokens(conn, refresh_tokens.c.client_id == client_id, now)
+            return _revoke_refresh_tokens(conn, refresh_tokens.c.client_id == client_id, now)
 
     # refresh tokens
     def create(self, record: RefreshRecord) -> None:
@@ -342,7 +491,7 @@ class SqlStore:
                     .where(refresh_tokens.c.jti == old_jti)
                     .where(refresh_tokens.c.spent_at.is_(None))
                     .where(refresh_tokens.c.revoked_at.is_(None))
-                    .values(spent_at=now)
+                    .values(spent_at=now, successor_jti=new.jti)
                 )
                 if spent.rowcount != 1:
                     return False
@@ -354,7 +503,7 @@ class SqlStore:
 
     def revoke_family(self, family_id: str, now: int) -> int:
         with self._writer.begin() as conn:
-            return _revoke_refresh_tokens(conn, refresh_tokens.c.family_id == family_id, now)
+            return _revoke_counting(conn, refresh_tokens.c.family_id == family_id, now)[0]
 
     def purge_expired_refresh(self, before: int) -> int:
         with self._writer.begin() as conn:
@@ -414,8 +563,45 @@ class SqlStore:
         return True
 
 
-def _revoke_refresh_tokens(conn: Connection, which: Any, now: int) -> int:
-    """Revoke every unrevoked refresh record matching ``which``; how many it revoked.
+def _update_user(
+    conn: Connection, username: str, values: dict[str, Any], now: int | None = None
+) -> User:
+    """Update the user with this (canonical) username in ``conn``'s transaction."""
+    if "role" in values:
+        values = {**values, "role": Role(values["role"]).value}
+    row = (
+        conn.execute(
+            update(users)
+            .where(users.c.username_canonical == canonical_username(username))
+            .values(
+                updated_at=_next_version(conn, int(time.time()) if now is None else now), **values
+            )
+            .returning(*users.c)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFoundError(f"no user {username!r}")
+    return _user(row)
+
+
+def _next_version(conn: Connection, now: int) -> Any:
+    """``updated_at`` for a change: ``now``, but always later than before, so a login that
+    read the user can tell any change since (see ``start_session``)."""
+    later = users.c.updated_at + 1
+    if conn.dialect.name == "postgresql":
+        return func.greatest(later, now)
+    return func.max(later, now)  # SQLite's two-argument max() is the scalar maximum
+
+
+def _revoke_refresh_tokens(conn: Connection, which: Any, now: int) -> list[str]:
+    """Revoke every unrevoked refresh record matching ``which``; the families it ended."""
+    return _revoke_counting(conn, which, now)[1]
+
+
+def _revoke_counting(conn: Connection, which: Any, now: int) -> tuple[int, list[str]]:
+    """Revoke every unrevoked refresh record matching ``which``: (records, sorted families).
 
     Repeated until a pass changes nothing. On PostgreSQL an UPDATE that waited for a
     concurrent rotation's row lock re-checks that row but cannot see the record the
@@ -431,11 +617,14 @@ def _revoke_refresh_tokens(conn: Connection, which: Any, now: int) -> int:
         .where(which)
         .where(refresh_tokens.c.revoked_at.is_(None))
         .values(revoked_at=now)
+        .returning(refresh_tokens.c.family_id)
     )
     total = 0
-    while changed := int(conn.execute(statement).rowcount):
-        total += changed
-    return total
+    families: set[str] = set()
+    while changed := conn.execute(statement).scalars().all():
+        total += len(changed)
+        families.update(changed)
+    return total, sorted(families)
 
 
 def _insert_refresh(conn: Connection, record: RefreshRecord) -> None:
@@ -450,5 +639,7 @@ def _insert_refresh(conn: Connection, record: RefreshRecord) -> None:
             expires_at=record.expires_at,
             spent_at=record.spent_at,
             revoked_at=record.revoked_at,
+            session_started_at=record.session_started_at,
+            successor_jti=record.successor_jti,
         )
     )

@@ -1,0 +1,168 @@
+"""The read side, on every request: where the :class:`~issuer.keystore.keyset.KeySet`
+in force comes from.
+
+* :class:`StaticKeyStore`: one HS256 secret given by the operator (``ISSUER_SECRET_KEY``
+  or ``ISSUER_SECRET_KEY_FILE``). It never rotates.
+* :class:`DirectoryKeyStore`: the keys ``keys/manifest.json`` lists, re-read within
+  ``key_reload_interval`` seconds of a rotation, without a restart.
+
+Readers take no lock on ``keys/``: a manifest that does not load (half-edited by hand, a
+missing file) is logged and the last good key set stays in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+from joserfc.jwk import Key, OctKey
+
+from issuer.errors import KeyStoreError
+from issuer.keystore.keyset import KeySet, LoadedKey, build_key_set
+from issuer.keystore.manifest import (
+    MANIFEST_NAME,
+    Clock,
+    KeyRecord,
+    KeyState,
+    parse_manifest,
+    read_manifest_bytes,
+)
+from issuer.keystore.material import check_key, deserialize_key
+from issuer.sensitive import secret_problem
+
+log = logging.getLogger("issuer.keystore")
+
+# A rotation may replace the manifest between reading it and reading the key files it
+# names: read again, this many times in all, before keeping the last good set.
+LOAD_ATTEMPTS = 3
+
+
+class StaticKeyStore:
+    """One HS256 secret from the environment: never rotates, never published."""
+
+    def __init__(self, secret: str) -> None:
+        problem = secret_problem(secret)
+        if problem:
+            raise KeyStoreError(f"ISSUER_SECRET_KEY {problem}")
+        raw = secret.encode("utf-8")
+        # A kid must not reveal the secret: derive it with a domain-separated hash.
+        kid = "hs-" + hashlib.sha256(b"issuer kid\x00" + raw).hexdigest()[:16]
+        record = KeyRecord(kid=kid, alg="HS256", state=KeyState.ACTIVE, file="", created_at=0)
+        self._key_set = build_key_set([LoadedKey(record, OctKey.import_key(raw))], "HS256")
+
+    def current(self) -> KeySet:
+        return self._key_set
+
+
+def load_key(keys_dir: Path, record: KeyRecord) -> LoadedKey:
+    """Read and parse the key file ``record`` names, checked against the record."""
+    path = keys_dir / record.file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read key file {path}: {exc.strerror}") from None
+    key = deserialize_key(record.alg, data)
+    check_key(key, alg=record.alg, kid=record.kid, where=f"key file {record.file} ({record.kid})")
+    return LoadedKey(record, key)
+
+
+class DirectoryKeyStore:
+    """Keys from ``keys/manifest.json``, re-read when the manifest changes on disk.
+
+    The manifest (a few hundred bytes) is re-read at most every ``reload_interval``
+    seconds and compared by content: an mtime or inode can repeat within a clock tick,
+    content cannot. Parsed keys are cached by kid, so a reload after rotation parses only
+    new key files (an RSA PEM costs ~26 ms to load; never do that per request).
+    """
+
+    def __init__(
+        self,
+        keys_dir: Path,
+        signing_alg: str,
+        reload_interval: float = 1.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.keys_dir = keys_dir
+        self.signing_alg = signing_alg
+        self.reload_interval = reload_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str, str], Key] = {}
+        self._manifest: bytes | None = None
+        self._rejected: bytes | None = None
+        self._checked_at = float("-inf")
+        self._key_set: KeySet | None = None
+
+    def current(self) -> KeySet:
+        now = self._clock()
+        key_set = self._key_set
+        if key_set is not None and self._fresh(key_set, now):
+            return key_set
+        with self._lock:
+            return self._refresh(now)
+
+    def _fresh(self, key_set: KeySet, now: float) -> bool:
+        return now - self._checked_at < self.reload_interval and now < key_set.valid_until
+
+    def _refresh(self, now: float) -> KeySet:
+        last_good = self._key_set
+        if last_good is not None and self._fresh(last_good, now):
+            return last_good  # another thread refreshed while this one waited
+        self._checked_at = now
+        attempt = 0
+        while True:
+            attempt += 1
+            raw: bytes | None = None
+            try:
+                raw = read_manifest_bytes(self.keys_dir)
+                if last_good is not None:
+                    if raw == self._manifest and now < last_good.valid_until:
+                        return last_good
+                    if raw is None:
+                        raise KeyStoreError(f"{self.keys_dir / MANIFEST_NAME} has disappeared")
+                key_set = self._build(raw, now)
+            except KeyStoreError as exc:
+                # A rotation may have replaced the manifest and deleted a file this read
+                # still named: read again. Otherwise keep the last good set in force.
+                if attempt < LOAD_ATTEMPTS and self._manifest_differs(raw):
+                    continue
+                if last_good is None:
+                    raise
+                self._reject(exc, raw)
+                return last_good
+            self._manifest = raw
+            self._rejected = None
+            self._key_set = key_set
+            return key_set
+
+    def _manifest_differs(self, raw: bytes | None) -> bool:
+        try:
+            return read_manifest_bytes(self.keys_dir) != raw
+        except KeyStoreError:
+            return False
+
+    def _reject(self, exc: KeyStoreError, raw: bytes | None) -> None:
+        """Say once per bad manifest that it was refused, not at every reload."""
+        marker = raw or b""
+        if marker != self._rejected:
+            log.warning("key set not reloaded, keeping the last good one: %s", exc)
+        self._rejected = marker
+
+    def _build(self, raw: bytes | None, now: float) -> KeySet:
+        records = [] if raw is None else parse_manifest(raw, self.keys_dir / MANIFEST_NAME)
+        loaded: list[LoadedKey] = []
+        cache: dict[tuple[str, str, str], Key] = {}
+        for record in records:
+            if record.retire_at is not None and record.retire_at <= now:
+                continue
+            cache_key = (record.kid, record.alg, record.file)
+            key = self._cache.get(cache_key)
+            if key is None:
+                key = load_key(self.keys_dir, record).key
+            cache[cache_key] = key
+            loaded.append(LoadedKey(record, key))
+        self._cache = cache
+        return build_key_set(loaded, self.signing_alg)

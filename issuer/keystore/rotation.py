@@ -1,0 +1,323 @@
+"""The write side of ``keys/``: create, rotate and revoke keys, under one file lock.
+
+Life of a key (each ``rotate`` moves every key one step)::
+
+    next ──────────────► active ──────────────► previous ───────────► retired
+    published,           the one key            published and         deleted
+    not yet signing      that signs             accepted until every
+                                                token it signed expired
+
+The key that signs is the active key of the configured ``signing_alg``.
+
+Timing. A server sees a manifest change up to ``key_reload_interval`` later, and the
+manifest keeps whole seconds: together that is the *propagation* delay (rounded up, plus
+one second). A next key may sign only once it has been published for ``jwks_max_age``
+plus propagation, so a verifier whose JWKS cache is fresh always knows the signing key
+(HS256 keys are never published, but every server must know one before another signs
+with it: they wait the propagation delay only). A demoted key stays accepted for the
+longest token lifetime plus leeway plus propagation, so every token it signed, refresh
+tokens included, expires before it goes. Rotating sooner is refused unless forced.
+Switching ``signing_alg`` activates a key of the new algorithm at once (nothing signed
+with it before, and servers restart to read the new setting); keys of the old one stay
+accepted as previous keys, and an old-algorithm next key, which never signed, is dropped.
+
+Writes are serialized by a file lock and crash-safe: key files are written and fsynced
+first, then the manifest is replaced by an atomic rename, then files of retired keys are
+deleted. A crash at any point leaves the previous or the next valid manifest; the
+orphaned files it may leave are removed by the next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import math
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from issuer.errors import KeyStoreError
+from issuer.keystore.manifest import (
+    MANIFEST_NAME,
+    Clock,
+    KeyRecord,
+    KeyState,
+    manifest_bytes,
+    read_manifest,
+)
+from issuer.keystore.material import (
+    ASYMMETRIC_ALGS,
+    KNOWN_ALGS,
+    generate_key,
+    key_id,
+    serialize_key,
+)
+
+LOCK_NAME = ".lock"
+# Names that only KeyManager writes: orphans with these names are safe to delete.
+KEY_FILE_RE = re.compile(r"(?:hs256|rs256|es256|eddsa)-[0-9a-f]{16}\.(?:key|pem)")
+TMP_FILE_RE = re.compile(r"\.[^/]+\.[0-9a-f]{8}\.tmp")
+
+
+class UnknownKeyError(KeyStoreError):
+    """No key in the manifest has this kid."""
+
+    code = "unknown_key"
+
+
+class RotationTooSoonError(KeyStoreError):
+    """The next key has not been published long enough to sign yet."""
+
+    code = "rotation_too_soon"
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """What one ``rotate`` or ``revoke`` did, for the CLI to report."""
+
+    created: list[str]
+    activated: str | None
+    retired: list[str]
+    records: list[KeyRecord]
+
+
+class KeyManager:
+    """The write side of ``keys/``: create, rotate, revoke, all under one file lock."""
+
+    def __init__(
+        self,
+        keys_dir: Path,
+        signing_alg: str,
+        *,
+        jwks_max_age: int,
+        retire_after: int,
+        rsa_key_size: int = 3072,
+        reload_interval: float = 1.0,
+        clock: Clock = time.time,
+    ) -> None:
+        if signing_alg not in KNOWN_ALGS:
+            raise KeyStoreError(f"unsupported signing algorithm {signing_alg!r}")
+        self.keys_dir = keys_dir
+        self.signing_alg = signing_alg
+        self.jwks_max_age = jwks_max_age
+        self.retire_after = retire_after
+        self.rsa_key_size = rsa_key_size
+        # Whole seconds until every server has seen a manifest change: the reload
+        # interval rounded up, plus one for the manifest's one-second timestamps.
+        self.propagation = math.ceil(reload_interval) + 1
+        self._clock = clock
+
+    def lead_time(self, alg: str) -> int:
+        """Seconds a next key must have been known before it may sign."""
+        published = self.jwks_max_age if alg in ASYMMETRIC_ALGS else 0
+        return published + self.propagation
+
+    # -- reading -------------------------------------------------------------
+
+    def records(self) -> list[KeyRecord]:
+        return read_manifest(self.keys_dir)
+
+    def has_signing_key(self) -> bool:
+        return any(r.state is KeyState.ACTIVE and r.alg == self.signing_alg for r in self.records())
+
+    # -- writing -------------------------------------------------------------
+
+    def ensure(self) -> RotationResult | None:
+        """Create the first active (and next) key when there is none; None if nothing to do."""
+        with self._locked():
+            records = read_manifest(self.keys_dir)
+            if any(r.state is KeyState.ACTIVE and r.alg == self.signing_alg for r in records):
+                return None
+            return self._rotate(records, force=True)
+
+    def rotate(self, *, force: bool = False) -> RotationResult:
+        """Advance every key one state; see the module docstring for the timeline."""
+        with self._locked():
+            return self._rotate(read_manifest(self.keys_dir), force=force)
+
+    def revoke(self, kid: str) -> RotationResult:
+        """Remove ``kid`` at once; if it was signing, the next key (or a new one) takes over."""
+        with self._locked():
+            records = read_manifest(self.keys_dir)
+            target = next((r for r in records if r.kid == kid), None)
+            if target is None:
+                raise UnknownKeyError(f"no key with kid {kid!r}")
+            now = int(self._clock())
+            kept = [r for r in records if r.kid != kid]
+            created: list[str] = []
+            activated: str | None = None
+            new_files: dict[str, bytes] = {}
+            if target.state is KeyState.ACTIVE:
+                # A leak is an emergency: the successor signs at once, lead time or not.
+                successor = next(
+                    (r for r in kept if r.state is KeyState.NEXT and r.alg == target.alg), None
+                )
+                if successor is None:
+                    successor, data = self._new_record(target.alg, KeyState.NEXT, now)
+                    new_files[successor.file] = data
+                    created.append(successor.kid)
+                    kept.append(successor)
+                activated = successor.kid
+                kept = [
+                    replace(r, state=KeyState.ACTIVE, activated_at=now)
+                    if r.kid == successor.kid
+                    else r
+                    for r in kept
+                ]
+            if target.state is not KeyState.PREVIOUS and target.alg == self.signing_alg:
+                # Keep a published successor in line, so the next rotation has its lead.
+                created += self._add_next_key(kept, new_files, now)
+            self._commit(kept, new_files, [target.file])
+            return RotationResult(created, activated, [kid], kept)
+
+    def _rotate(self, records: list[KeyRecord], *, force: bool) -> RotationResult:
+        now = int(self._clock())
+        alg = self.signing_alg
+        new_files: dict[str, bytes] = {}
+        # Expired previous keys go; so does a next key of another algorithm (after a
+        # switch of signing_alg), which never signed anything.
+        gone = [
+            r
+            for r in records
+            if (r.retire_at is not None and r.retire_at <= now)
+            or (r.state is KeyState.NEXT and r.alg != alg)
+        ]
+        kept = [r for r in records if r not in gone]
+        active = [r for r in kept if r.state is KeyState.ACTIVE]
+        upcoming = next((r for r in kept if r.state is KeyState.NEXT and r.alg == alg), None)
+        created = self._add_next_key(kept, new_files, now) if upcoming is None else []
+        activated: str | None = None
+
+        if not any(r.alg == alg for r in active):
+            # Nothing signs with this algorithm yet (first run, or a switch of
+            # signing_alg): its first key takes over at once, with a new one behind it.
+            upcoming = next(r for r in kept if r.state is KeyState.NEXT and r.alg == alg)
+            force = True
+
+        if upcoming is not None:
+            published_for = now - (upcoming.published_at or upcoming.created_at)
+            lead = self.lead_time(alg)
+            if not force and published_for < lead:
+                raise RotationTooSoonError(
+                    f"next key {upcoming.kid} has been known for {published_for}s; it may "
+                    f"sign after {lead}s (jwks_max_age={self.jwks_max_age}s, the JWKS cache "
+                    "lifetime, plus the key reload delay). Run again later, or pass --force"
+                )
+            demoted = {r.kid for r in active}
+            retire_at = now + self.retire_after + self.propagation
+            kept = [
+                replace(r, state=KeyState.PREVIOUS, retire_at=retire_at)
+                if r.kid in demoted
+                else replace(r, state=KeyState.ACTIVE, activated_at=now)
+                if r.kid == upcoming.kid
+                else r
+                for r in kept
+            ]
+            activated = upcoming.kid
+            created += self._add_next_key(kept, new_files, now)
+
+        self._commit(kept, new_files, [r.file for r in gone])
+        return RotationResult(created, activated, [r.kid for r in gone], kept)
+
+    def _add_next_key(
+        self, records: list[KeyRecord], new_files: dict[str, bytes], now: int
+    ) -> list[str]:
+        """Append a next key for ``signing_alg`` unless one is there; the kids created."""
+        alg = self.signing_alg
+        if any(r.state is KeyState.NEXT and r.alg == alg for r in records):
+            return []
+        record, data = self._new_record(alg, KeyState.NEXT, now)
+        new_files[record.file] = data
+        records.append(record)
+        return [record.kid]
+
+    def _new_record(self, alg: str, state: KeyState, now: int) -> tuple[KeyRecord, bytes]:
+        key = generate_key(alg, self.rsa_key_size)
+        kid = key_id(key)
+        suffix = ".key" if alg == "HS256" else ".pem"
+        record = KeyRecord(
+            kid=kid,
+            alg=alg,
+            state=state,
+            file=f"{alg.lower()}-{hashlib.sha256(kid.encode()).hexdigest()[:16]}{suffix}",
+            created_at=now,
+            published_at=now if alg in ASYMMETRIC_ALGS else None,
+        )
+        return record, serialize_key(key)
+
+    def _commit(
+        self, records: list[KeyRecord], new_files: dict[str, bytes], stale_files: list[str]
+    ) -> None:
+        for name, data in new_files.items():
+            atomic_write(self.keys_dir / name, data)
+        atomic_write(self.keys_dir / MANIFEST_NAME, manifest_bytes(records))
+        in_use = {r.file for r in records}
+        # Besides this change's stale files: whatever an earlier crash left behind.
+        # Only names this class writes; we hold the lock, so no write is in flight.
+        orphans = [
+            p.name
+            for p in self.keys_dir.iterdir()
+            if KEY_FILE_RE.fullmatch(p.name) or TMP_FILE_RE.fullmatch(p.name)
+        ]
+        for name in dict.fromkeys([*stale_files, *orphans]):
+            if name and name not in in_use:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.keys_dir / name).unlink()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        ensure_keys_dir(self.keys_dir)
+        fd = os.open(self.keys_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def ensure_keys_dir(keys_dir: Path) -> None:
+    """Create ``keys_dir`` (0700) if needed; tighten one that others can read."""
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = keys_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        try:
+            keys_dir.chmod(0o700)
+        except OSError as exc:
+            raise KeyStoreError(f"{keys_dir} is readable by others and cannot be fixed") from exc
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode 0600) so readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:  # pragma: no cover - platform without directory fds
+        if exc.errno in (errno.EACCES, errno.EISDIR):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
