@@ -26,7 +26,7 @@ from issuer.models import AuthMethod, Role
 from issuer.passwords import verify_password
 from issuer.store import migrate
 from issuer.store.sql import SqlStore, make_engine
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD, free_port, readme_section
 
 EMPTY_TOML = Path(__file__).parent / "empty.toml"
 VENV_BIN = Path(sys.executable).parent
@@ -681,6 +681,7 @@ def test_an_empty_password_on_stdin_is_no_password_given(ready, stdin):
         result = ready.run(*command, stdin=stdin)
         assert (result.code, result.out) == (2, "")
         assert result.err == "issuer: error: no password given on stdin\n"
+        assert result.err.strip() in readme_section("Troubleshooting")
     assert ready.snapshot() == before
 
 
@@ -692,6 +693,7 @@ def test_an_invalid_setting_echoes_its_value_and_names_its_variable(cli):
         "HS256, RS256, ES256, EdDSA, got 'RS257' (from ISSUER_SIGNING_ALG)\n"
     )
     assert not cli.db_path.exists()
+    assert result.err.strip() in readme_section("Troubleshooting")
 
 
 def test_an_invalid_setting_from_the_config_file_names_the_file(cli):

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from issuer.app import build_components
 from issuer.models import AuthMethod
 from issuer.store.schema import refresh_tokens
-from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import PASSWORD, add_client, add_user, readme_section
 
 TOKEN = "/oauth/token"
 REVOKE = "/oauth/revoke"
@@ -494,6 +494,8 @@ def test_credentials_in_the_query_string_are_refused_as_credentials_in_the_url(
     response = client.post(TOKEN, params=query, content=body, headers=headers, auth=basic)
     assert assert_error(response, "invalid_request")["error_description"] == CREDENTIALS_IN_URL
     assert refresh_count(components) == 0
+    # Troubleshooting quotes it up to the colon.
+    assert CREDENTIALS_IN_URL.partition(": ")[0] in readme_section("Troubleshooting")
 
 
 @pytest.mark.parametrize("path", [REVOKE, INTROSPECT])

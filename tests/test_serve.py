@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import server_env
+from tests.conftest import readme_section, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +44,8 @@ def test_serve_on_a_port_in_use_is_one_line_suggesting_port_and_exit_2(
         f"issuer: error: 127.0.0.1:{occupied_port} is already in use (another server?); "
         "stop it or choose a free --port\n"
     )
+    documented = result.stderr.strip().replace(str(occupied_port), "8000")
+    assert documented in readme_section("Troubleshooting")
 
 
 def test_serve_on_an_address_of_another_machine_suggests_host(live_server_factory):
