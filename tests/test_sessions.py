@@ -42,7 +42,7 @@ USERINFO = "/userinfo"
 DAY = 86400
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Settings:
     """Every test here runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
@@ -124,7 +124,7 @@ def world(client: TestClient, components: Components, api: TestClient) -> World:
         api=api,
         webapp=("webapp", str(add_client(components.store, "webapp"))),
         mobile=("mobile", str(add_client(components.store, "mobile"))),
-        resource_server=("api", str(add_client(components.store, "api"))),
+        resource_server=("api", str(add_client(components.store, "api", introspect=True))),
     )
 
 

@@ -21,9 +21,9 @@ TOKEN = "/oauth/token"
 VARIANTS = ["alice", "ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45", "\uff21LICE"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Settings:
-    overrides: dict[str, Any] = {"login_failures_per_user": "2/minute"}
+    overrides: dict[str, Any] = {"login_failures_per_user_address": "2/minute"}
     if request.param == "postgresql":
         overrides["database_url"] = request.getfixturevalue("postgres_url")
     return make_settings(**overrides)

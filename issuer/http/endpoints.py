@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,6 +15,7 @@ from issuer.errors import IssuerError, KeyStoreError, TokenError
 from issuer.http import routes
 from issuer.http.addresses import Network, client_address
 from issuer.http.forms import BadRequestError, parse_form, read_body
+from issuer.http.published import Document, PublishedJwks
 from issuer.http.responses import error_response, json_bytes, json_response
 from issuer.keystore import KeyStore
 from issuer.models import User
@@ -56,6 +57,13 @@ class Endpoints:
     jwks_max_age: int
     trusted_proxies: tuple[Network, ...] = ()
     password_reset_call: OAuthCall | None = None
+    key_reload_interval: float = 0.0  # 0: the JWKS handler asks the key store every time
+    _jwks: PublishedJwks = field(init=False, repr=False)
+    _discovery: Document = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._jwks = PublishedJwks(self.keys, self.jwks_max_age, self.key_reload_interval)
+        self._discovery = Document(self.discovery_bytes, {"Cache-Control": "public, max-age=3600"})
 
     async def token(self, request: Request) -> Response:
         return await self._oauth(request, routes.TOKEN, self.server.token_response)
@@ -169,23 +177,12 @@ class Endpoints:
         return user, scope if isinstance(scope, str) else ""
 
     async def jwks(self, request: Request) -> Response:
-        """Public keys only, from bytes the key store precomputed; conditional GET."""
-        # current() may re-read keys/ and parse PEMs after a rotation: not on the event loop.
-        key_set = await run_in_threadpool(self.keys.current)
-        headers = {
-            "Cache-Control": f"public, max-age={self.jwks_max_age}",
-            "ETag": key_set.etag,
-        }
-        if _etag_matches(request.headers.get("if-none-match"), key_set.etag):
-            return Response(status_code=304, headers=headers)
-        return Response(key_set.jwks_bytes, media_type="application/json", headers=headers)
+        """Public keys only, from prepared bytes on the event loop; conditional GET."""
+        document = await self._jwks.document()
+        return document.response(request.headers.get("if-none-match"))
 
     async def discovery(self, request: Request) -> Response:
-        return Response(
-            self.discovery_bytes,
-            media_type="application/json",
-            headers={"Cache-Control": "public, max-age=3600"},
-        )
+        return self._discovery.response()
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
@@ -205,13 +202,6 @@ class Endpoints:
         except KeyStoreError:
             keys_ok = False
         return {"database": self.store.ping(), "signing_key": keys_ok}
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
-    return "*" in candidates or etag in candidates
 
 
 def metadata_bytes(issuer: str, server: IssuerServer) -> bytes:
