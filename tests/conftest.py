@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -351,22 +350,6 @@ def server_env(workdir: Path, **overrides: Any) -> dict[str, str]:
     )
     env.update({"ISSUER_" + name.upper(): str(value) for name, value in overrides.items()})
     return env
-
-
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def readme_section(heading: str) -> str:
-    """The README's text from ``## heading`` to the next ``## `` heading."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(f"\n## {heading}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
-
-
-def code_blocks(text: str, language: str) -> list[str]:
-    """The fenced code blocks of ``language`` in ``text``, in order."""
-    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
 
 
 def as_pasted_for(server: LiveServer, text: str) -> str:

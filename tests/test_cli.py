@@ -26,7 +26,8 @@ from issuer.models import AuthMethod, Role
 from issuer.passwords import verify_password
 from issuer.store import migrate
 from issuer.store.sql import SqlStore, make_engine
-from tests.conftest import PASSWORD, free_port, readme_section
+from tests.conftest import PASSWORD, free_port
+from tests.readme import readme_section
 
 EMPTY_TOML = Path(__file__).parent / "empty.toml"
 VENV_BIN = Path(sys.executable).parent

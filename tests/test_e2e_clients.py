@@ -29,11 +29,10 @@ from requests_oauthlib import OAuth2Session
 from tests.conftest import (
     LiveServer,
     as_pasted_for,
-    code_blocks,
-    readme_section,
     run_pasted,
     server_env,
 )
+from tests.readme import code_blocks, readme_section
 
 pytestmark = pytest.mark.e2e
 
@@ -372,8 +371,8 @@ def test_the_readme_quickstart_and_client_snippets_run_as_written(live_server_fa
     saved as a file and run from that shell, as the README says, against a live server."""
     server = live_server_factory().start()
     quickstart = readme_section("Quickstart")
-    (shell_block,) = code_blocks(quickstart, "sh")
-    snippets = code_blocks(quickstart, "python")
+    (shell_block,) = code_blocks("Quickstart", "sh")
+    snippets = code_blocks("Quickstart", "python")
     assert [("from requests_oauthlib" in s, "from authlib" in s) for s in snippets] == [
         (True, False),
         (False, True),

@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from issuer.app import build_components
 from issuer.models import AuthMethod
 from issuer.store.schema import refresh_tokens
-from tests.conftest import PASSWORD, add_client, add_user, readme_section
+from tests.conftest import PASSWORD, add_client, add_user
+from tests.readme import readme_section
 
 TOKEN = "/oauth/token"
 REVOKE = "/oauth/revoke"

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from tests.conftest import readme_section
+from tests.readme import readme_section
 
 ROOT = Path(__file__).parent.parent
 REFERENCE = re.compile(r"`(test_[a-z0-9_]+\.py)::(test_[a-z0-9_]+)`")

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import readme_section, server_env
+from tests.conftest import server_env
+from tests.readme import readme_section
 
 pytestmark = pytest.mark.e2e
 
