@@ -8,13 +8,16 @@ shell history would show them). Secrets are printed once, on creation, and never
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
+import os
 import re
 import secrets
 import stat
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,6 +51,9 @@ CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
 CLIENT_SECRET_BYTES = 32
 CLIENT_NAME_MAX = 200
 EXIT_USAGE = 2
+# prometheus-client's multiprocess mode (issuer.http.metrics); named here, not imported:
+# the variable must be set before prometheus_client is first imported in this process.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class UsageError(Exception):
@@ -218,7 +224,27 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         request_timeout=settings.http_request_timeout,
         max_headers=settings.http_max_headers,
     )
-    return 0 if serve(config) else 3
+    with metrics_directory():
+        return 0 if serve(config) else 3
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[None]:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for this run, removed at exit.
+
+    Workers write their counters there and ``/metrics`` adds them up; a directory left
+    from an earlier run would add that run's counts. An operator's own directory (the
+    variable already set) is used as it is and kept.
+    """
+    if os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="issuer-metrics-") as path:
+        os.environ[MULTIPROC_ENV] = path
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_ENV]
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
