@@ -32,6 +32,7 @@ from issuer.http.addresses import parse_networks
 from issuer.http.endpoints import Endpoints, metadata_bytes
 from issuer.http.errors import http_exception, unexpected
 from issuer.http.metrics import KeyCollector, Metrics, MetricsMiddleware, metrics_endpoint
+from issuer.http.openapi import openapi_endpoint
 from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeyStore
 from issuer.logs import AccessLogMiddleware, configure_logging
 from issuer.oauth.reset import PasswordResetEndpoint
@@ -276,6 +277,7 @@ def create_app(
         Route(base + routes.HEALTHZ, endpoints.healthz, methods=["GET"]),
         Route(base + routes.READYZ, endpoints.readyz, methods=["GET"]),
         Route(base + routes.METRICS, metrics_endpoint(metrics), methods=["GET"]),
+        Route(base + routes.OPENAPI, openapi_endpoint(base), methods=["GET"]),
     ]
     metrics.label_endpoints(route.path for route in served)
     app = Starlette(

@@ -11,6 +11,7 @@ OIDC_METADATA = "/.well-known/openid-configuration"
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
 METRICS = "/metrics"
+OPENAPI = "/openapi.json"
 
 
 def metadata_paths(issuer_path: str) -> tuple[str, ...]:
