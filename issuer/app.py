@@ -276,7 +276,15 @@ def create_app(
         ),
         Route(base + routes.HEALTHZ, endpoints.healthz, methods=["GET"]),
         Route(base + routes.READYZ, endpoints.readyz, methods=["GET"]),
-        Route(base + routes.METRICS, metrics_endpoint(metrics), methods=["GET"]),
+        Route(
+            base + routes.METRICS,
+            metrics_endpoint(
+                metrics,
+                parse_networks(parts.settings.metrics_networks),
+                parse_networks(parts.settings.trusted_proxies),
+            ),
+            methods=["GET"],
+        ),
         Route(base + routes.OPENAPI, openapi_endpoint(base), methods=["GET"]),
     ]
     metrics.label_endpoints(route.path for route in served)

@@ -201,3 +201,25 @@ def test_key_reloads_and_failed_reloads_are_counted(
     text = generate_latest(metrics.registry).decode()
     assert value(text, "issuer_key_reloads_total", result="reloaded") == 1
     assert value(text, "issuer_key_reloads_total", result="failed") == 1
+
+
+def test_metrics_networks_limits_who_may_read_metrics(
+    make_settings: Any, migrated_sqlite_template: Path
+) -> None:
+    settings = make_settings(metrics_networks=("10.0.0.0/8",), trusted_proxies=("127.0.0.1",))
+    migrate_database(settings.database_url, migrated_sqlite_template)
+    parts = build_components(settings)
+    try:
+        app = create_app(components=parts)
+        with TestClient(app, client=("127.0.0.1", 5000)) as client:
+            outsider = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert outsider.status_code == 403
+            assert outsider.json()["error"] == "access_denied"
+            assert "issuer_" not in outsider.text
+            inside = client.get("/metrics", headers={"X-Forwarded-For": "10.1.2.3"})
+            assert inside.status_code == 200 and "issuer_logins_total" in inside.text
+        with TestClient(app, client=("192.0.2.1", 5000)) as client:  # not a trusted proxy
+            forged = client.get("/metrics", headers={"X-Forwarded-For": "10.1.2.3"})
+            assert forged.status_code == 403
+    finally:
+        parts.engine.dispose()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -46,6 +46,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from issuer.audit import EVENTS, Fields
+from issuer.http.addresses import Network, address_in, client_address
+from issuer.http.responses import error_response
 from issuer.keystore import KeyRecord, KeyState, KeyStore
 from issuer.oauth.requests import HttpRequest, OAuthResponse
 
@@ -278,11 +280,22 @@ class MetricsMiddleware:
             self.observe(scope["path"], time.perf_counter() - started)
 
 
-def metrics_endpoint(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
-    """``GET /metrics``: the Prometheus text format, never cached."""
+def metrics_endpoint(
+    metrics: Metrics, allowed: Sequence[Network] = (), trusted_proxies: Sequence[Network] = ()
+) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /metrics``: the Prometheus text format, never cached; only for clients in
+    ``allowed`` (the ``metrics_networks`` setting) when it is set, else 403."""
     headers = {"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}
 
     async def endpoint(request: Request) -> Response:
+        if allowed:
+            address = client_address(
+                request.client.host if request.client else "",
+                request.headers.getlist("x-forwarded-for"),
+                trusted_proxies,
+            )
+            if not address_in(address, allowed):
+                return error_response("access_denied", "Metrics are not served to you.", 403)
         body = await run_in_threadpool(metrics.exposition)  # reads files: off the loop
         return Response(body, headers=headers)
 

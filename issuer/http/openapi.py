@@ -211,7 +211,12 @@ def openapi_document(issuer_path: str) -> dict[str, Any]:
                         "description": "Every worker's counters.",
                         "headers": _header("Cache-Control"),
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "403": _json(
+                        "Error",
+                        "Cache-Control",
+                        description="The client is outside metrics_networks.",
+                    ),
                 },
             )
         },
