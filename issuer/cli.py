@@ -34,6 +34,7 @@ from issuer.app import (
 )
 from issuer.audit import audit_event
 from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
+from issuer.http.metrics import MULTIPROC_ENV
 from issuer.keystore import RotationResult
 from issuer.logs import configure_logging, log_audit_to_stderr
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
@@ -51,9 +52,6 @@ CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
 CLIENT_SECRET_BYTES = 32
 CLIENT_NAME_MAX = 200
 EXIT_USAGE = 2
-# prometheus-client's multiprocess mode (issuer.http.metrics); named here, not imported:
-# the variable must be set before prometheus_client is first imported in this process.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class UsageError(Exception):
@@ -224,19 +222,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         request_timeout=settings.http_request_timeout,
         max_headers=settings.http_max_headers,
     )
-    with metrics_directory():
+    with metrics_directory(config.workers > 1):
         return 0 if serve(config) else 3
 
 
 @contextlib.contextmanager
-def metrics_directory() -> Iterator[None]:
-    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for this run, removed at exit.
+def metrics_directory(several_workers: bool) -> Iterator[None]:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for a run of several workers, removed at exit.
 
-    Workers write their counters there and ``/metrics`` adds them up; a directory left
-    from an earlier run would add that run's counts. An operator's own directory (the
-    variable already set) is used as it is and kept.
+    Workers (spawned: they import prometheus_client afresh, with the variable set) write
+    their counters there and ``/metrics`` adds them up; a directory left from an earlier
+    run would add that run's counts. One worker runs in this process, which imported
+    prometheus_client already, and keeps its counters in memory. An operator's own
+    directory (the variable already set) is used as it is and kept.
     """
-    if os.environ.get(MULTIPROC_ENV):
+    if not several_workers or os.environ.get(MULTIPROC_ENV):
         yield
         return
     with tempfile.TemporaryDirectory(prefix="issuer-metrics-") as path:

@@ -167,6 +167,17 @@ def test_two_workers_add_up_in_metrics(live_server_factory: Any, tmp_path: Path)
     assert not metrics_dir.exists()
 
 
+@pytest.mark.e2e
+def test_one_worker_counts_in_memory_and_shows_them(live_server_factory: Any) -> None:
+    server = live_server_factory().start()
+    try:
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        text = httpx.get(server.url + "/metrics").text
+    finally:
+        server.stop()
+    assert value(text, "issuer_http_request_duration_seconds_count", endpoint="/healthz") >= 1
+
+
 def served_by(metrics_dir: Path, scratch: Path) -> dict[str, float]:
     """/healthz requests per worker pid, each worker's files read alone."""
     counts = {}
