@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from issuer.app import Components, build_components, create_app
-from issuer.http.metrics import Metrics
+from issuer.http.metrics import KeyCollector, Metrics
 from issuer.keystore import MANIFEST_NAME, DirectoryKeyStore
 from tests.conftest import PASSWORD, add_client, add_user, free_port, migrate_database
 from tests.keystore_support import clock, es256, manager  # noqa: F401 - fixtures
@@ -234,3 +234,19 @@ def test_metrics_networks_limits_who_may_read_metrics(
             assert forged.status_code == 403
     finally:
         parts.engine.dispose()
+
+
+def test_a_broken_manifest_leaves_out_the_key_gauges_but_metrics_still_answer(
+    manager: Any,  # noqa: F811 - the fixture imported above
+    clock: Any,  # noqa: F811
+    es256: Any,  # noqa: F811
+) -> None:
+    manager.ensure()
+    keys = DirectoryKeyStore(es256.keys_dir, "ES256", reload_interval=0, clock=clock)
+    collector = KeyCollector(keys, manager.records, manager.lead_time, clock=clock)
+    metrics = Metrics([collector])
+    assert "issuer_signing_key_age_seconds{" in generate_latest(metrics.registry).decode()
+    (es256.keys_dir / MANIFEST_NAME).write_text("{not json")
+    text = generate_latest(metrics.registry).decode()
+    assert "issuer_signing_key_age_seconds{" not in text
+    assert "issuer_logins_total" in text and "issuer_signing_key_info{" in text

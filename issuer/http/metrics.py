@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from issuer.audit import EVENTS, Fields
+from issuer.errors import KeyStoreError
 from issuer.http.addresses import Network, address_in, client_address
 from issuer.http.responses import error_response
 from issuer.keystore import KeyRecord, KeyState, KeyStore
@@ -247,10 +248,17 @@ class KeyCollector(Collector):
             "Seconds until the next key may sign (0: a rotation may run now).",
             labels=["kid"],
         )
-        signing = self.keys.current().signing
+        # A broken keys/ shows as missing gauges (and failed reloads), never as a 500.
+        try:
+            signing = self.keys.current().signing  # the last good set while keys/ is broken
+        except KeyStoreError:
+            signing = None
+        try:
+            records = self.records() if self.records is not None else []
+        except KeyStoreError:
+            records = []
         if signing is not None:
             info.add_metric([signing.kid, signing.record.alg], 1)
-        records = self.records() if self.records is not None else []
         for record in records:
             if record.state is KeyState.ACTIVE and signing and record.kid == signing.kid:
                 started = record.activated_at or record.created_at
