@@ -157,10 +157,9 @@ class Metrics:
         if event == "login.succeeded":
             self._logins["success"].inc()
             self.bcrypt_checks.inc()
-        elif event == "login.failed":
+        elif event == "login.failed":  # after its bcrypt check, whatever the reason
             self._logins["failure"].inc()
-            if fields.get("reason") == "invalid_credentials":
-                self.bcrypt_checks.inc()
+            self.bcrypt_checks.inc()
         elif event == "login.throttled":
             self._logins["throttled"].inc()
             budget = fields.get("budget")
