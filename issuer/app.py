@@ -25,11 +25,14 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from issuer import tokens as tokens_module
+from issuer.audit import add_listener, remove_listener
 from issuer.errors import ConfigError, KeyStoreError
 from issuer.http import routes
 from issuer.http.addresses import parse_networks
 from issuer.http.endpoints import Endpoints, metadata_bytes
 from issuer.http.errors import http_exception, unexpected
+from issuer.http.metrics import KeyCollector, Metrics, MetricsMiddleware, metrics_endpoint
+from issuer.http.openapi import openapi_endpoint
 from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeyStore
 from issuer.logs import AccessLogMiddleware, configure_logging
 from issuer.oauth.reset import PasswordResetEndpoint
@@ -226,6 +229,7 @@ def create_app(
     if components is None:
         components = build_components(settings if settings is not None else load_settings())
     parts = components
+    metrics = build_metrics(parts)
     endpoints = Endpoints(
         issuer_url=parts.settings.url,
         server=parts.server,
@@ -238,6 +242,8 @@ def create_app(
         trusted_proxies=parse_networks(parts.settings.trusted_proxies),
         password_reset_call=PasswordResetEndpoint(parts.resets) if parts.resets else None,
         key_reload_interval=parts.settings.key_reload_interval,
+        token_call=metrics.counting_tokens(parts.server.token_response),
+        on_database_error=metrics.on_database_error,
     )
 
     @contextlib.asynccontextmanager
@@ -253,25 +259,41 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
             parts.engine.dispose()
+            remove_listener(metrics.on_audit)
 
     # An issuer URL with a path (https://host/tenant) serves every endpoint under it.
     base = urlsplit(parts.settings.url).path
-    app = Starlette(
-        routes=[
-            Route(base + routes.TOKEN, endpoints.token, methods=["POST"]),
-            Route(base + routes.REVOKE, endpoints.revoke, methods=["POST"]),
-            Route(base + routes.INTROSPECT, endpoints.introspect, methods=["POST"]),
-            Route(base + routes.USERINFO, endpoints.userinfo, methods=["GET", "POST"]),
-            Route(base + routes.PASSWORD_RESET, endpoints.password_reset, methods=["POST"]),
-            Route(base + routes.JWKS, endpoints.jwks, methods=["GET"]),
-            *(
-                Route(path, endpoints.discovery, methods=["GET"])
-                for path in routes.metadata_paths(base)
+    served = [
+        Route(base + routes.TOKEN, endpoints.token, methods=["POST"]),
+        Route(base + routes.REVOKE, endpoints.revoke, methods=["POST"]),
+        Route(base + routes.INTROSPECT, endpoints.introspect, methods=["POST"]),
+        Route(base + routes.USERINFO, endpoints.userinfo, methods=["GET", "POST"]),
+        Route(base + routes.PASSWORD_RESET, endpoints.password_reset, methods=["POST"]),
+        Route(base + routes.JWKS, endpoints.jwks, methods=["GET"]),
+        *(
+            Route(path, endpoints.discovery, methods=["GET"])
+            for path in routes.metadata_paths(base)
+        ),
+        Route(base + routes.HEALTHZ, endpoints.healthz, methods=["GET"]),
+        Route(base + routes.READYZ, endpoints.readyz, methods=["GET"]),
+        Route(
+            base + routes.METRICS,
+            metrics_endpoint(
+                metrics,
+                parse_networks(parts.settings.metrics_networks),
+                parse_networks(parts.settings.trusted_proxies),
             ),
-            Route(base + routes.HEALTHZ, endpoints.healthz, methods=["GET"]),
-            Route(base + routes.READYZ, endpoints.readyz, methods=["GET"]),
+            methods=["GET"],
+        ),
+        Route(base + routes.OPENAPI, openapi_endpoint(base), methods=["GET"]),
+    ]
+    metrics.label_endpoints(route.path for route in served)
+    app = Starlette(
+        routes=served,
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            Middleware(MetricsMiddleware, metrics=metrics),
         ],
-        middleware=[Middleware(AccessLogMiddleware)],
         exception_handlers={HTTPException: http_exception, Exception: unexpected},
         lifespan=lifespan,
     )
@@ -280,6 +302,18 @@ def create_app(
     # app, so two apps in one process never see each other's keys or stores.
     app.state.tokens = parts.tokens
     return app
+
+
+def build_metrics(parts: Components) -> Metrics:
+    """The app's metrics, fed by audit events and the key store (``issuer.http.metrics``)."""
+    if isinstance(parts.keys, DirectoryKeyStore):
+        manager = build_key_manager(parts.settings)
+        metrics = Metrics([KeyCollector(parts.keys, manager.records, manager.lead_time)])
+        parts.keys.on_reload = metrics.on_key_reload
+    else:  # an operator's HS256 secret: no manifest, no rotation
+        metrics = Metrics([KeyCollector(parts.keys, None, None)])
+    add_listener(metrics.on_audit)
+    return metrics
 
 
 def purge_expired_state(store: Store, now: int, leeway: int) -> tuple[int, int]:

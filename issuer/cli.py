@@ -8,14 +8,16 @@ shell history would show them). Secrets are printed once, on creation, and never
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
-import logging
+import os
 import re
 import secrets
 import stat
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,20 +32,20 @@ from issuer.app import (
     load_user_store,
     purge_expired_state,
 )
+from issuer.audit import audit_event
 from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
+from issuer.http.metrics import MULTIPROC_ENV
 from issuer.keystore import RotationResult
 from issuer.logs import configure_logging, log_audit_to_stderr
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
 from issuer.resets import PasswordResets
 from issuer.sensitive import redact_url
-from issuer.sessions import Sessions, families
+from issuer.sessions import Sessions, audit_ended, user_fields
 from issuer.settings import Settings, load_settings
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
 from issuer.store.sql import SqlStore, make_engine
-
-audit = logging.getLogger("issuer.audit")
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
@@ -225,7 +227,29 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         request_timeout=settings.http_request_timeout,
         max_headers=settings.http_max_headers,
     )
-    return 0 if serve(config) else 3
+    with metrics_directory(config.workers > 1):
+        return 0 if serve(config) else 3
+
+
+@contextlib.contextmanager
+def metrics_directory(several_workers: bool) -> Iterator[None]:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for a run of several workers, removed at exit.
+
+    Workers (spawned: they import prometheus_client afresh, with the variable set) write
+    their counters there and ``/metrics`` adds them up; a directory left from an earlier
+    run would add that run's counts. One worker runs in this process, which imported
+    prometheus_client already, and keeps its counters in memory. An operator's own
+    directory (the variable already set) is used as it is and kept.
+    """
+    if not several_workers or os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="issuer-metrics-") as path:
+        os.environ[MULTIPROC_ENV] = path
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_ENV]
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
@@ -317,6 +341,7 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError(f"user {username!r} already exists")
     password = _read_password(args.password_stdin)
     user = users.add_user(username, PasswordHasher(settings.bcrypt_rounds).hash(password), role)
+    audit_event("user.created", **user_fields(user), role=user.role.value)
     print(f"added user {user.username} ({user.role.value}) id={user.id}")
     return 0
 
@@ -336,6 +361,7 @@ def _ended(ended: Sequence[str]) -> str:
 
 def cmd_users_enable(settings: Settings, args: argparse.Namespace) -> int:
     user = _user_admin(settings).set_active(_check_username(args.username), True)
+    audit_event("user.enabled", **user_fields(user))
     print(f"enabled user {user.username}")
     return 0
 
@@ -444,6 +470,14 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
         may_introspect=args.introspect,
     )
     _store(settings).add_client(client)
+    audit_event(
+        "client.created",
+        client_id=client.client_id,
+        auth_method=method.value,
+        grants=list(grants),
+        scopes=list(scopes),
+        may_introspect=client.may_introspect,
+    )
     shown = " ".join(grants) or "(none)"
     extra = "; may introspect every token" if client.may_introspect else ""
     print(f"added client {client.client_id} ({method.value}; grants: {shown}{extra})")
@@ -476,6 +510,9 @@ def _set_introspection(allowed: bool) -> Callable[[Settings, argparse.Namespace]
         if allowed and client.is_public:
             raise UsageError("a public client cannot introspect (introspection takes a secret)")
         store.set_client_introspection(args.client_id, allowed)
+        audit_event(
+            "client.introspection_changed", client_id=args.client_id, may_introspect=allowed
+        )
         if allowed:
             print(f"client {args.client_id} may now introspect every token")
         else:
@@ -487,7 +524,8 @@ def _set_introspection(allowed: bool) -> Callable[[Settings, argparse.Namespace]
 
 def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
     ended = _store(settings).remove_client(args.client_id)
-    audit.warning("client removed: client_id=%s %s", args.client_id, families(ended))
+    audit_event("client.removed", client_id=args.client_id, sessions_ended=len(ended))
+    audit_ended("client.removed", None, ended, client_id=args.client_id)
     print(f"removed client {args.client_id}; {_ended(ended)}")
     return 0
 
@@ -558,7 +596,7 @@ def _add_clients_commands(sub: Any) -> None:
         action="store_true",
         help="may introspect every token (for resource servers; no grants unless --grant)",
     )
-    cadd.set_defaults(func=cmd_clients_add)
+    cadd.set_defaults(func=cmd_clients_add, audited=True)
     clients.add_parser("list").set_defaults(func=cmd_clients_list)
     for name, allowed, what in (
         ("allow-introspection", True, "let a resource server introspect every token"),
@@ -566,7 +604,7 @@ def _add_clients_commands(sub: Any) -> None:
     ):
         toggle = clients.add_parser(name, help=what)
         toggle.add_argument("client_id")
-        toggle.set_defaults(func=_set_introspection(allowed))
+        toggle.set_defaults(func=_set_introspection(allowed), audited=True)
     crm = clients.add_parser("remove")
     crm.add_argument("client_id")
     crm.set_defaults(func=cmd_clients_remove, audited=True)
@@ -579,7 +617,7 @@ def _add_users_parser(sub: Any) -> None:
     add.add_argument("--role", required=True, help="admin | engineer | viewer")
     add.add_argument("--password-stdin", action="store_true")
     add.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
-    add.set_defaults(func=cmd_users_add)
+    add.set_defaults(func=cmd_users_add, audited=True)
     users.add_parser("list").set_defaults(func=cmd_users_list)
     for name, func, text in (
         ("disable", cmd_users_disable, "disable a user and end all their sessions"),
@@ -589,7 +627,7 @@ def _add_users_parser(sub: Any) -> None:
     ):
         p = users.add_parser(name, help=text)
         p.add_argument("username")
-        p.set_defaults(func=func, audited=name != "enable")
+        p.set_defaults(func=func, audited=True)
     role = users.add_parser("set-role", help="change a user's role and end all their sessions")
     role.add_argument("username")
     role.add_argument("role", help="admin | engineer | viewer")
@@ -647,11 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--force", action="store_true", help="promote the next key even if published recently"
     )
-    rotate.set_defaults(func=cmd_keys_rotate)
+    rotate.set_defaults(func=cmd_keys_rotate, audited=True)
     keys.add_parser("list").set_defaults(func=cmd_keys_list)
     krv = keys.add_parser("revoke", help="remove a key at once (after a leak)")
     krv.add_argument("kid", help="the key id (see `issuer keys list`)")
-    krv.set_defaults(func=cmd_keys_revoke)
+    krv.set_defaults(func=cmd_keys_revoke, audited=True)
     return parser
 
 

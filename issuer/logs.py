@@ -21,6 +21,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from issuer.audit import AuditValue, json_value
+
 access_log = logging.getLogger("issuer.access")
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -59,7 +61,11 @@ def _indented(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception type)."""
+    """One JSON object per line: time, level, logger, message (and exception type).
+
+    An audit record (:func:`issuer.audit.audit_event`) has its event name as the message
+    and in ``event``, and each of its fields as a member of its own.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -68,6 +74,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        event = getattr(record, "audit_event", None)
+        if event is not None:  # issuer.audit: the event and its fields as members
+            entry["message"] = event
+            entry["event"] = event
+            fields: dict[str, AuditValue] = getattr(record, "audit_fields", {})
+            entry.update((name, json_value(value)) for name, value in fields.items())
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False).translate(_JSON_ESCAPES)

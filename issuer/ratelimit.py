@@ -81,12 +81,14 @@ class Admission:
     """The outcome of :meth:`LoginLimiter.admit`: admitted, or refused with a wait.
 
     ``taken`` lists the budget places this attempt holds; a success hands it back.
+    ``budget`` names the spent budget of a refusal (``user-address``, ``address``, ``user``).
     """
 
     retry_after: int | None = None
     taken: list[Budget] = field(default_factory=list)
     username: str = ""
     address: str = ""
+    budget: str = ""
 
     @property
     def admitted(self) -> bool:
@@ -154,7 +156,10 @@ class LoginLimiter:
                 if not self.strategy.hit(item, key):
                     wait = self._wait(item, key)
                     self._give_back(admission.taken)
-                    return Admission(retry_after=wait, username=name, address=address)
+                    budget = item.namespace.rpartition(":")[2]
+                    return Admission(
+                        retry_after=wait, username=name, address=address, budget=budget
+                    )
                 admission.taken.append((item, key))
         except StorageError as exc:
             self._storage_down(exc)

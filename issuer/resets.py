@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import limits
 from limits.errors import StorageError
 
+from issuer.audit import audit_event
 from issuer.errors import IssuerError, NotFoundError, PasswordPolicyError
 from issuer.models import User, sha256_hex
 from issuer.passwords import (
@@ -37,11 +38,10 @@ from issuer.passwords import (
     password_strength_failures,
 )
 from issuer.ratelimit import address_key
-from issuer.sessions import audit_ended, describe
+from issuer.sessions import audit_ended, user_fields
 from issuer.store.base import Store
 
 log = logging.getLogger("issuer.resets")
-audit = logging.getLogger("issuer.audit")
 
 # Far longer than any token generate_password_reset_token makes; longer input is not hashed.
 MAX_TOKEN_LENGTH = 512
@@ -157,7 +157,7 @@ class PasswordResets:
         now = int(self.clock())
         lifetime = self.ttl if ttl is None else ttl
         self.store.save_reset(user.id, sha256_hex(token), now + lifetime, now)
-        audit.info("password reset token issued: %s expires_in=%d", describe(user), lifetime)
+        audit_event("password_reset.requested", **user_fields(user), expires_in=lifetime)
         return token
 
     def redeem(self, token: str, new_password: str, *, address: str = "") -> User:
@@ -169,7 +169,7 @@ class PasswordResets:
         if self.budget is not None:
             wait = self.budget.retry_after(address)
             if wait is not None:
-                audit.warning("password reset refused: too many failures address=%s", address)
+                audit_event("password_reset.refused", reason="throttled", address=address)
                 raise ResetThrottledError(wait)
         token_hash = self._hash(token)
         now = int(self.clock())
@@ -190,7 +190,10 @@ class PasswordResets:
         if redeemed is None:  # spent or expired meanwhile (a concurrent redemption won)
             self._failed(address)
         user, ended = redeemed
-        audit_ended("password reset", user, ended, address=address)
+        audit_event(
+            "password_reset.used", **user_fields(user), address=address, sessions_ended=len(ended)
+        )
+        audit_ended("password_reset.used", user, ended, address=address)
         return user
 
     def _hash(self, token: object) -> str | None:
@@ -201,5 +204,5 @@ class PasswordResets:
     def _failed(self, address: str) -> NoReturn:
         if self.budget is not None:
             self.budget.record_failure(address)
-        audit.warning("password reset refused: invalid token address=%s", address or "-")
+        audit_event("password_reset.refused", reason="invalid_token", address=address)
         raise ResetTokenError

@@ -28,23 +28,22 @@ The rules, in one place:
   HS256 secret) cannot know a session ended: it accepts the token until ``exp``.
   Such APIs rely on the short access-token lifetime, or ask ``/oauth/introspect``.
 
-Every event writes one ``issuer.audit`` line: who (user id and canonical username),
-which sessions (family ids and count), the client and the address when known; never a
-token or a password.
+Every event writes an audit event (:mod:`issuer.audit`) naming the change, and
+``session.ended`` with the cause when it ended sessions: who (user id and canonical
+username), which sessions (family ids and count), the client and the address when known;
+never a token or a password.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from issuer.audit import audit_event
 from issuer.errors import NotFoundError
 from issuer.models import Role, Session, User, UserChange, canonical_username
 from issuer.store.base import Store, UserStore
-
-audit = logging.getLogger("issuer.audit")
 
 SESSION_CLAIM = "sid"
 DEFAULT_SESSION_MAX_LIFETIME = 30 * 86400  # the session_max_lifetime setting's default
@@ -93,27 +92,31 @@ class SessionPolicy:
         return Lifetimes(access=min(self.access_ttl, refresh), refresh=refresh)
 
 
-def describe(user: User) -> str:
-    """``user_id=… username=…`` (canonical) for an audit line."""
-    return f"user_id={user.id} username={canonical_username(user.username)}"
-
-
-def families(ended: Sequence[str]) -> str:
-    """``sessions=N families=a,b`` for an audit line."""
-    return f"sessions={len(ended)} families={','.join(ended) or '-'}"
+def user_fields(user: User) -> dict[str, str]:
+    """``user_id`` and the canonical ``username``: how audit events name a known user."""
+    return {"user_id": user.id, "username": canonical_username(user.username)}
 
 
 def audit_ended(
-    event: str, user: User, ended: Sequence[str], *, client_id: str = "-", address: str = "-"
+    cause: str,
+    user: User | None,
+    ended: Sequence[str],
+    *,
+    client_id: str = "",
+    address: str = "",
 ) -> None:
-    """The audit line of a security event that ended ``ended`` sessions of ``user``."""
-    audit.warning(
-        "%s: %s %s client_id=%s address=%s",
-        event,
-        describe(user),
-        families(ended),
-        client_id or "-",
-        address or "-",
+    """``session.ended`` for the sessions ``ended`` of ``user`` (None: of many users, a
+    removed client's); ``cause`` is the event that ended them. None ended: no record."""
+    if not ended:
+        return
+    audit_event(
+        "session.ended",
+        cause=cause,
+        **(user_fields(user) if user is not None else {}),
+        sessions=len(ended),
+        families=list(ended),
+        client_id=client_id,
+        address=address,
     )
 
 
@@ -128,32 +131,38 @@ class Sessions:
         # Where logout and listing look users up: a plugged-in user store, or the store.
         self.users: UserStore = users if users is not None else store
 
-    def _apply(self, event: str, username: str, change: UserChange) -> tuple[User, list[str]]:
+    def _apply(
+        self, event: str, username: str, change: UserChange, **fields: str
+    ) -> tuple[User, list[str]]:
         user, ended = self.store.change_user(username, change, int(self.clock()))
+        audit_event(event, **user_fields(user), **fields, sessions_ended=len(ended))
         audit_ended(event, user, ended)
         return user, ended
 
     def set_password_hash(self, username: str, password_hash: str) -> tuple[User, list[str]]:
         """``users set-password``: the new hash, and every session ended."""
-        return self._apply("password changed", username, UserChange(password_hash=password_hash))
+        return self._apply(
+            "user.password_changed", username, UserChange(password_hash=password_hash)
+        )
 
     def disable(self, username: str) -> tuple[User, list[str]]:
         """``users disable``: the user can no longer log in; every session ended."""
-        return self._apply("user disabled", username, UserChange(is_active=False))
+        return self._apply("user.disabled", username, UserChange(is_active=False))
 
     def set_role(self, username: str, role: Role) -> tuple[User, list[str]]:
         """``users set-role``: tokens carry the role, so every session of the old one ends."""
-        return self._apply(f"role set to {role.value}", username, UserChange(role=role))
+        return self._apply("user.role_changed", username, UserChange(role=role), role=role.value)
 
     def remove(self, username: str) -> tuple[User, list[str]]:
         """``users remove``: the user is deleted and every session ended."""
-        return self._apply("user removed", username, UserChange(remove=True))
+        return self._apply("user.removed", username, UserChange(remove=True))
 
     def logout(self, username: str) -> tuple[User, list[str]]:
         """``users logout``: end every session of the user, changing nothing else."""
         user = self._user(username)
         ended = self.store.end_user_sessions(user.id, int(self.clock()))
-        audit_ended("user logged out everywhere", user, ended)
+        audit_event("user.logged_out", **user_fields(user), sessions_ended=len(ended))
+        audit_ended("user.logged_out", user, ended)
         return user, ended
 
     def sessions_of(self, username: str) -> tuple[User, Sequence[Session]]:

@@ -80,6 +80,7 @@ class Settings:
     rate_limit_storage: str = "memory://"
     rate_limit_key_prefix: str = "issuer"
     trusted_proxies: tuple[str, ...] = ()
+    metrics_networks: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -376,11 +377,12 @@ def _rate_limit_problems(s: Settings) -> list[str]:
         problems.append(
             "rate_limit_key_prefix: must be non-empty ASCII without spaces, ':', '/', '*'"
         )
-    for cidr in s.trusted_proxies:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            problems.append(f"trusted_proxies: not an address or CIDR network: {cidr!r}")
+    for name in ("trusted_proxies", "metrics_networks"):
+        for cidr in getattr(s, name):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                problems.append(f"{name}: not an address or CIDR network: {cidr!r}")
     return problems
 
 

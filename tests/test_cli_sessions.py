@@ -72,8 +72,10 @@ def test_each_security_event_ends_every_session_of_the_user_only(
     assert store.session_revoked(alice_web) and store.session_revoked(alice_cli)
     assert not store.session_revoked(bob)
     audit = [line for line in result.err.splitlines() if "issuer.audit" in line]
-    assert len(audit) == 1 and "username=alice" in audit[0] and "sessions=2" in audit[0]
-    assert alice_web in audit[0] and NEW_PASSWORD not in result.err
+    ended = [line for line in audit if "session.ended" in line]
+    assert len(audit) == 2 and len(ended) == 1, audit
+    assert "username=alice" in ended[0] and "sessions=2" in ended[0]
+    assert alice_web in ended[0] and NEW_PASSWORD not in result.err
     store.engine.dispose()
 
 
@@ -191,4 +193,5 @@ def test_clients_remove_ends_the_clients_sessions_and_audits_them(
     assert store.session_revoked(on_web) and not store.session_revoked(elsewhere)
     store.engine.dispose()
     audit = [line for line in result.err.splitlines() if "issuer.audit" in line]
-    assert len(audit) == 1 and "client_id=webapp" in audit[0] and on_web in audit[0]
+    assert len(audit) == 2 and "client.removed client_id=webapp sessions_ended=1" in audit[0]
+    assert "session.ended cause=client.removed" in audit[1] and on_web in audit[1]

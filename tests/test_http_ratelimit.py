@@ -288,9 +288,16 @@ def test_failed_login_audit_lines_name_the_canonical_user_or_a_keyed_hash(issuer
     login(http, auth, "alice")
     login(http, auth, "Correct-Horse-9!")  # a password typed into the username field
     lines = [r.getMessage() for r in caplog.records if r.name == "issuer.audit"]
-    assert lines[0] == "login failed user=alice address=203.0.113.66 client_id=webapp"
+    alice = issuer.parts.store.get_by_username("alice")
+    assert lines[0] == (
+        f"login.failed user_id={alice.id} username=alice client_id=webapp "
+        "address=203.0.113.66 reason=invalid_credentials"
+    )
     pseudonym = issuer.parts.limiter.pseudonym("Correct-Horse-9!")
-    assert lines[1] == (f"login failed user_hash={pseudonym} address=203.0.113.66 client_id=webapp")
+    assert lines[1] == (
+        f"login.failed user_hash={pseudonym} client_id=webapp address=203.0.113.66 "
+        "reason=invalid_credentials"
+    )
     assert "Correct-Horse" not in caplog.text
 
 

@@ -148,7 +148,7 @@ def test_the_session_is_logged_usefully_without_secrets(client, session_setup, c
     assert "issuer.access" in names
     audit = " ".join(r.getMessage() for r in caplog.records if r.name == "issuer.audit")
     assert "reuse" in audit
-    assert "login failed" in audit
+    assert "login.failed" in audit
     # The query string carried a secret: the access log has the path only.
     access = [r.getMessage() for r in caplog.records if r.name == "issuer.access"]
     assert access and all("?" not in line for line in access)

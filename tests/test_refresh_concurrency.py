@@ -263,7 +263,7 @@ def test_of_many_concurrent_refreshes_across_replicas_exactly_one_succeeds(
         assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
 
     logs = first.log() + second.log()
-    assert "refresh token reuse" in logs
+    assert "refresh.reuse_detected" in logs
     for value in (token, won["refresh_token"], won["access_token"], auth[1], PASSWORD):
         assert value not in logs
     assert "Traceback" not in logs and '" 500 ' not in logs

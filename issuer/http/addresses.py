@@ -38,6 +38,11 @@ def client_address(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Ne
     return first if first is not None else peer
 
 
+def address_in(address: str, networks: Sequence[Network]) -> bool:
+    """True if ``address`` (IPv4-mapped IPv6 included) is in one of ``networks``."""
+    return _is_trusted(address, networks)
+
+
 def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text)

@@ -65,8 +65,12 @@ class Endpoints:
         self._jwks = PublishedJwks(self.keys, self.jwks_max_age, self.key_reload_interval)
         self._discovery = Document(self.discovery_bytes, {"Cache-Control": "public, max-age=3600"})
 
+    token_call: OAuthCall | None = None  # the token endpoint, wrapped (metrics); else server's
+    on_database_error: Callable[[], None] | None = None
+
     async def token(self, request: Request) -> Response:
-        return await self._oauth(request, routes.TOKEN, self.server.token_response)
+        call = self.token_call if self.token_call is not None else self.server.token_response
+        return await self._oauth(request, routes.TOKEN, call)
 
     async def revoke(self, request: Request) -> Response:
         return await self._oauth(request, routes.REVOKE, self.server.revocation_response)
@@ -116,6 +120,8 @@ class Endpoints:
         if await run_in_threadpool(self.store.ping):
             return None
         log.warning("database unreachable: answering 503")
+        if self.on_database_error is not None:
+            self.on_database_error()
         return error_response(
             "temporarily_unavailable",
             "The service is temporarily unavailable; retry later.",

@@ -10,6 +10,8 @@ OAUTH_METADATA = "/.well-known/oauth-authorization-server"
 OIDC_METADATA = "/.well-known/openid-configuration"
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
+METRICS = "/metrics"
+OPENAPI = "/openapi.json"
 
 
 def metadata_paths(issuer_path: str) -> tuple[str, ...]:

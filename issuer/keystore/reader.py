@@ -16,6 +16,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from joserfc.jwk import Key, OctKey
@@ -95,6 +96,8 @@ class DirectoryKeyStore:
         self._rejected: bytes | None = None
         self._checked_at = float("-inf")
         self._key_set: KeySet | None = None
+        # Told "reloaded" or "failed" at each reload of a changed manifest (metrics).
+        self.on_reload: Callable[[str], None] | None = None
 
     def current(self) -> KeySet:
         now = self._clock()
@@ -132,11 +135,18 @@ class DirectoryKeyStore:
                 if last_good is None:
                     raise
                 self._reject(exc, raw)
+                self._reloaded("failed")
                 return last_good
+            if last_good is not None:
+                self._reloaded("reloaded")
             self._manifest = raw
             self._rejected = None
             self._key_set = key_set
             return key_set
+
+    def _reloaded(self, outcome: str) -> None:
+        if self.on_reload is not None:
+            self.on_reload(outcome)
 
     def _manifest_differs(self, raw: bytes | None) -> bool:
         try:

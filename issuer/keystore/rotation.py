@@ -39,9 +39,10 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from issuer.audit import audit_event
 from issuer.errors import KeyStoreError
 from issuer.keystore.manifest import (
     MANIFEST_NAME,
@@ -85,6 +86,19 @@ class RotationResult:
     activated: str | None
     retired: list[str]
     records: list[KeyRecord]
+    demoted: list[str] = field(default_factory=list)  # stopped signing, still verify
+
+    def audit(self, *, revoked: str | None = None) -> None:
+        """The audit events of this change (``revoked``: the kid an operator revoked)."""
+        algs = {r.kid: r.alg for r in self.records}
+        for kid in self.created:
+            audit_event("key.created", kid=kid, alg=algs.get(kid))
+        for kid in self.demoted:
+            audit_event("key.retired", kid=kid, alg=algs.get(kid))
+        if self.activated:
+            audit_event("key.activated", kid=self.activated, alg=algs.get(self.activated))
+        for kid in self.retired:
+            audit_event("key.revoked" if kid == revoked else "key.removed", kid=kid)
 
 
 class KeyManager:
@@ -134,12 +148,16 @@ class KeyManager:
             records = read_manifest(self.keys_dir)
             if any(r.state is KeyState.ACTIVE and r.alg == self.signing_alg for r in records):
                 return None
-            return self._rotate(records, force=True)
+            result = self._rotate(records, force=True)
+        result.audit()
+        return result
 
     def rotate(self, *, force: bool = False) -> RotationResult:
         """Advance every key one state; see the module docstring for the timeline."""
         with self._locked():
-            return self._rotate(read_manifest(self.keys_dir), force=force)
+            result = self._rotate(read_manifest(self.keys_dir), force=force)
+        result.audit()
+        return result
 
     def revoke(self, kid: str) -> RotationResult:
         """Remove ``kid`` at once; if it was signing, the next key (or a new one) takes over."""
@@ -174,7 +192,9 @@ class KeyManager:
                 # Keep a published successor in line, so the next rotation has its lead.
                 created += self._add_next_key(kept, new_files, now)
             self._commit(kept, new_files, [target.file])
-            return RotationResult(created, activated, [kid], kept)
+        result = RotationResult(created, activated, [kid], kept)
+        result.audit(revoked=kid)
+        return result
 
     def _rotate(self, records: list[KeyRecord], *, force: bool) -> RotationResult:
         now = int(self._clock())
@@ -193,6 +213,7 @@ class KeyManager:
         upcoming = next((r for r in kept if r.state is KeyState.NEXT and r.alg == alg), None)
         created = self._add_next_key(kept, new_files, now) if upcoming is None else []
         activated: str | None = None
+        demoted: set[str] = set()
 
         if not any(r.alg == alg for r in active):
             # Nothing signs with this algorithm yet (first run, or a switch of
@@ -223,7 +244,7 @@ class KeyManager:
             created += self._add_next_key(kept, new_files, now)
 
         self._commit(kept, new_files, [r.file for r in gone])
-        return RotationResult(created, activated, [r.kid for r in gone], kept)
+        return RotationResult(created, activated, [r.kid for r in gone], kept, sorted(demoted))
 
     def _add_next_key(
         self, records: list[KeyRecord], new_files: dict[str, bytes], now: int

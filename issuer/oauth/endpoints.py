@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from authlib.oauth2.rfc6749 import InvalidRequestError
@@ -15,8 +14,6 @@ from issuer.tokens import ACCESS, REFRESH
 
 if TYPE_CHECKING:
     from issuer.oauth.server import IssuerServer
-
-audit = logging.getLogger("issuer.audit")
 
 HINTS = {"access_token": ACCESS, "refresh_token": REFRESH}
 
@@ -86,7 +83,7 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
             exp = claims.get("exp")
             expires_at = exp if isinstance(exp, int) else now + self.server.tokens.access_ttl
             self.server.store.deny(claims["jti"], expires_at)
-            audit.info("revoke access jti=%s client_id=%s", claims["jti"], claims.get("client_id"))
+            self.server.on_access_token_revoked(claims, request)
 
 
 class Introspection(IntrospectionEndpoint):  # type: ignore[misc]

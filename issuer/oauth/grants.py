@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import (
@@ -25,8 +24,6 @@ from issuer.tokens import REFRESH
 
 if TYPE_CHECKING:
     from issuer.oauth.server import IssuerServer
-
-audit = logging.getLogger("issuer.audit")
 
 BAD_CREDENTIALS = "Invalid username or password."
 BAD_REFRESH = "The refresh token is invalid, expired or revoked."
@@ -86,15 +83,9 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
         if record is not None and not self.server.start_session(record, user):
             # A password change, role change, disable or removal won the race with this
             # login: the password it checked may no longer be the user's.
-            audit.warning("login refused: the user changed during the login")
+            self.server.on_login_raced(self.request, user)
             raise InvalidGrantError(BAD_CREDENTIALS)
-        audit.info(
-            "login user_id=%s username=%s client_id=%s family=%s",
-            user.id,
-            canonical_username(user.username),
-            client.get_client_id(),
-            record.family_id if record is not None else "-",
-        )
+        self.server.on_login_succeeded(self.request, user, record)
         # The response is decided: only now may a right password pay for a rehash.
         self.server.rehash_if_needed(self.request.user, self.request.form["password"])
         return 200, token, self.server.token_headers()
@@ -165,9 +156,7 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
             successor = self.server.retry_successor(record, self.request.client.get_client_id())
             if successor is not None:
                 return RefreshCredential(claims, successor, retry_of=record)
-            self.server.on_refresh_reuse(
-                record, "a spent refresh token was presented again", self.request
-            )
+            self.server.on_refresh_reuse(record, "spent_token_presented", self.request)
             return None
         return RefreshCredential(claims, record)
 
@@ -207,8 +196,7 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
         if new is None:  # Authlib admits only clients registered for this grant: defensive
             raise UnauthorizedClientError("The client may not use the refresh_token grant.")
         if not self.server.store.rotate(old.jti, new, self.server.tokens.now()):
-            self.server.on_refresh_reuse(
-                old, "a refresh token was spent concurrently", self.request
-            )
+            self.server.on_refresh_reuse(old, "concurrent_spend", self.request)
             raise InvalidGrantError(BAD_REFRESH)
+        self.server.on_refreshed(self.request, user, new)
         return 200, token, self.server.token_headers()

@@ -21,7 +21,8 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Request,
 )
 
-from issuer.models import RefreshRecord, User, canonical_username
+from issuer.audit import audit_event
+from issuer.models import RefreshRecord, User
 from issuer.oauth.clients import (
     ClientAuthenticationError,
     OAuthClient,
@@ -44,13 +45,13 @@ from issuer.sessions import (
     SESSION_CLAIM,
     Lifetimes,
     SessionPolicy,
-    describe,
+    audit_ended,
+    user_fields,
 )
 from issuer.store.base import Store, UserStore
 from issuer.tokens import REFRESH, TokenService
 
 log = logging.getLogger("issuer.oauth")
-audit = logging.getLogger("issuer.audit")
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 NO_STORE_HEADERS = [
@@ -405,11 +406,11 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             },
             REFRESH,
         )
-        audit.info(
-            "refresh retried within the retry window: %s family=%s client_id=%s",
-            describe(user),
-            successor.family_id,
-            successor.client_id,
+        audit_event(
+            "token.refresh_retried",
+            **user_fields(user),
+            client_id=successor.client_id,
+            family=successor.family_id,
         )
         return self._token_body(
             user=user,
@@ -434,7 +435,7 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
             return
         try:
             if upgrade(user.id, old, self.hasher.hash(password)):
-                audit.info("password rehashed at cost %d: %s", self.hasher.rounds, describe(user))
+                audit_event("password.rehashed", **user_fields(user), cost=self.hasher.rounds)
         except Exception:
             log.exception("rehashing the password of user_id=%s failed", user.id)
 
@@ -451,23 +452,19 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         address = client_ip(request)
         admission = self.limiter.admit(username, address)
         if admission.retry_after is not None:
-            audit.warning(
-                "login refused: too many failures %s address=%s client_id=%s retry_after=%d",
-                self._audit_user(username),
-                address or "-",
-                request.client.get_client_id(),
-                admission.retry_after,
+            audit_event(
+                "login.throttled",
+                **self._audit_user(username),
+                client_id=request.client.get_client_id(),
+                address=address,
+                budget=admission.budget,
+                retry_after=admission.retry_after,
             )
             raise TooManyRequestsError(admission.retry_after)
         request.login_admission = admission
 
     def on_login_failure(self, request: OAuth2Request, username: str) -> None:
-        audit.info(
-            "login failed %s address=%s client_id=%s",
-            self._audit_user(username),
-            client_ip(request) or "-",
-            request.client.get_client_id(),
-        )
+        self._login_failed(request, self._audit_user(username), "invalid_credentials")
         if self.login_failure_hook is not None and isinstance(request, IssuerOAuth2Request):
             self.login_failure_hook(request.http, username)
 
@@ -476,47 +473,111 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         if self.limiter is not None and admission is not None:
             self.limiter.succeeded(admission)
 
-    def _audit_user(self, username: str) -> str:
-        """``user=<canonical name>`` for an existing user; for any other name a keyed hash
-        (``user_hash=…``): a mistyped password in the username field must not reach a log."""
-        if username and self.users.get_by_username(username) is not None:
-            return f"user={canonical_username(username)}"
+    def on_login_raced(self, request: OAuth2Request, user: User) -> None:
+        """A password, role or state change won the race with this login: refused."""
+        self._login_failed(request, user_fields(user), "user_changed")
+
+    def _login_failed(self, request: OAuth2Request, who: dict[str, str], reason: str) -> None:
+        audit_event(
+            "login.failed",
+            **who,
+            client_id=request.client.get_client_id(),
+            address=client_ip(request),
+            reason=reason,
+        )
+
+    def on_login_succeeded(
+        self, request: OAuth2Request, user: User, record: RefreshRecord | None
+    ) -> None:
+        audit_event(
+            "login.succeeded",
+            **user_fields(user),
+            client_id=request.client.get_client_id(),
+            address=client_ip(request),
+            family=record.family_id if record is not None else None,
+        )
+
+    def on_refreshed(self, request: OAuth2Request, user: User, record: RefreshRecord) -> None:
+        audit_event(
+            "token.refreshed",
+            **user_fields(user),
+            client_id=record.client_id,
+            address=client_ip(request),
+            family=record.family_id,
+        )
+
+    def _audit_user(self, username: str) -> dict[str, str]:
+        """``user_id`` and ``username`` (canonical) of an existing user; for any other name
+        a keyed hash (``user_hash``): a password typed as the username must not reach a log."""
+        user = self.users.get_by_username(username) if username else None
+        if user is not None:
+            return user_fields(user)
         if self.limiter is not None:
-            return f"user_hash={self.limiter.pseudonym(username)}"
-        return "user_hash=-"
+            return {"user_hash": self.limiter.pseudonym(username)}
+        return {"user_hash": "-"}
 
     def on_session_revoked(
         self, record: RefreshRecord, revoked: int, request: OAuth2Request
     ) -> None:
         """Audit a refresh token revoked at /oauth/revoke (RFC 7009): its session ended."""
         user = self.users.get_by_id(record.user_id)
-        audit.info(
-            "revoke refresh: session ended family=%s (%d tokens) user_id=%s username=%s "
-            "client_id=%s address=%s",
-            record.family_id,
-            revoked,
-            record.user_id,
-            canonical_username(user.username) if user else "-",
-            record.client_id,
-            client_ip(request) or "-",
+        address = client_ip(request)
+        audit_event(
+            "token.revoked",
+            kind="refresh",
+            **self._record_user(record, user),
+            client_id=record.client_id,
+            address=address,
+            family=record.family_id,
+            revoked=revoked,
         )
+        if user is not None and revoked:
+            audit_ended(
+                "token.revoked",
+                user,
+                [record.family_id],
+                client_id=record.client_id,
+                address=address,
+            )
+
+    def on_access_token_revoked(self, claims: dict[str, Any], request: OAuth2Request) -> None:
+        """Audit an access token denied at /oauth/revoke (its ``jti`` names it, never its value)."""
+        client_id = claims.get("client_id")
+        audit_event(
+            "token.revoked",
+            kind="access",
+            client_id=client_id if isinstance(client_id, str) else None,
+            address=client_ip(request),
+            jti=claims["jti"],
+        )
+
+    @staticmethod
+    def _record_user(record: RefreshRecord, user: User | None) -> dict[str, str]:
+        return user_fields(user) if user is not None else {"user_id": record.user_id}
 
     def on_refresh_reuse(
         self, record: RefreshRecord, reason: str, request: OAuth2Request | None = None
     ) -> None:
         revoked = self.store.revoke_family(record.family_id, self.tokens.now())
         user = self.users.get_by_id(record.user_id)
-        audit.warning(
-            "refresh token reuse: %s; revoked family=%s (%d tokens) user_id=%s username=%s "
-            "client_id=%s address=%s",
-            reason,
-            record.family_id,
-            revoked,
-            record.user_id,
-            canonical_username(user.username) if user else "-",
-            record.client_id,
-            (client_ip(request) if request is not None else "") or "-",
+        address = client_ip(request) if request is not None else ""
+        audit_event(
+            "refresh.reuse_detected",
+            **self._record_user(record, user),
+            client_id=record.client_id,
+            address=address,
+            family=record.family_id,
+            revoked=revoked,
+            reason=reason,
         )
+        if user is not None and revoked:
+            audit_ended(
+                "refresh.reuse_detected",
+                user,
+                [record.family_id],
+                client_id=record.client_id,
+                address=address,
+            )
 
 
 class TooManyRequestsError(OAuth2Error):  # type: ignore[misc]
