@@ -30,6 +30,7 @@ from issuer.http import routes
 from issuer.http.addresses import parse_networks
 from issuer.http.endpoints import Endpoints, metadata_bytes
 from issuer.http.errors import http_exception, unexpected
+from issuer.http.fastpath import PreparedDocuments, prepared_documents
 from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeyStore
 from issuer.logs import AccessLogMiddleware, configure_logging
 from issuer.oauth.reset import PasswordResetEndpoint
@@ -271,7 +272,11 @@ def create_app(
             Route(base + routes.HEALTHZ, endpoints.healthz, methods=["GET"]),
             Route(base + routes.READYZ, endpoints.readyz, methods=["GET"]),
         ],
-        middleware=[Middleware(AccessLogMiddleware)],
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            # Inside the access log, in front of routing: the prepared documents.
+            Middleware(PreparedDocuments, documents=prepared_documents(base, endpoints)),
+        ],
         exception_handlers={HTTPException: http_exception, Exception: unexpected},
         lifespan=lifespan,
     )
