@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from issuer.http.fastpath import PreparedDocuments
 from issuer.http.routes import HEALTHZ, JWKS, OIDC_METADATA
+from issuer.logs import TextFormatter
 
 
 def route_answer(client: TestClient, path: str, headers: dict[str, str] | None = None):
@@ -70,3 +71,15 @@ def test_the_access_log_still_sees_them_without_the_query_string(client, caplog)
     lines = [r.getMessage() for r in caplog.records if r.name == "issuer.access"]
     assert any(f'GET {JWKS}" 200' in line for line in lines)
     assert not any("hunter2" in line for line in lines)
+
+
+def test_an_access_line_with_percent_signs_and_controls_stays_one_escaped_line(
+    client, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="issuer.access")
+    client.get("/no%25s%25d/x%0Ay")  # the path decodes to /no%s%d/x<LF>y
+    [record] = [r for r in caplog.records if r.name == "issuer.access"]
+    assert '"GET /no%s%d/x\ny" 404' in record.getMessage()
+    line = TextFormatter().format(record)
+    assert "\n" not in line
+    assert '"GET /no%s%d/x\\ny" 404' in line
