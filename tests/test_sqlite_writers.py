@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from issuer.models import RefreshRecord
 from issuer.store import migrate
@@ -102,3 +102,24 @@ def test_in_memory_and_postgresql_engines_take_no_process_lock() -> None:
     assert sql_module._sqlite_writer_lock(make_engine("sqlite://")) is None
     engine = make_engine("postgresql://postgres@127.0.0.1:5432/test")
     assert sql_module._sqlite_writer_lock(engine) is None
+
+
+def test_one_statement_reads_send_no_begin_and_writes_begin_immediate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh reads the client, the refresh record and the user: one statement each,
+    with no BEGIN/ROLLBACK around them (SQLite runs a statement on one snapshot)."""
+    store = impatient_store(tmp_path / "issuer.db", monkeypatch)
+    statements: list[str] = []
+    event.listen(
+        store.engine,
+        "before_cursor_execute",
+        lambda _conn, _cursor, statement, *_: statements.append(statement.split()[0]),
+    )
+    kept = record("fam")
+    store.create(kept)
+    assert store.get(kept.jti) == kept
+    assert store.get_client("nobody") is None
+    assert store.get_by_id("nobody") is None
+    assert not store.is_denied("nobody")
+    assert statements == ["BEGIN", "INSERT", "SELECT", "SELECT", "SELECT", "SELECT"]
