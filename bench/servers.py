@@ -28,6 +28,7 @@ from sqlalchemy import create_engine, text
 from bench import procstat
 
 REPO = Path(__file__).resolve().parent.parent
+_BUDGETS = ("USER_ADDRESS", "ADDRESS", "USER")
 READY_LIMIT_S = 60.0
 USERNAME = "bench"
 CLIENT_ID = "bench"
@@ -204,12 +205,10 @@ class IssuerInstance:
             "ISSUER_KEYS_DIR": str(workdir / "keys"),
             "ISSUER_SIGNING_ALG": spec.alg,
             "ISSUER_WORKERS": str(spec.workers),
-            # The bench measures bcrypt and the grants, not the login limiter: one user
-            # logging in from one address on 32 connections holds 32 places in flight
-            # (places are taken before bcrypt), which the real budgets answer with 429.
-            "ISSUER_LOGIN_FAILURES_PER_USER_ADDRESS": "1000000/minute",
-            "ISSUER_LOGIN_FAILURES_PER_ADDRESS": "1000000/minute",
-            "ISSUER_LOGIN_FAILURES_PER_USER": "1000000/minute",
+            # The login throttle (issue 7) counts logins in flight for one (user, address):
+            # c = 8 and the c = 32 storm are one user from one address by design, so its
+            # budgets are opened wide here; the limiter is still consulted on every login.
+            **{f"ISSUER_LOGIN_FAILURES_PER_{which}": "1000000/minute" for which in _BUDGETS},
         }
         if spec.alg == "HS256":  # production HS256: the operator's secret, not keys/
             settings["ISSUER_SECRET_KEY"] = secrets.token_urlsafe(48)

@@ -31,6 +31,7 @@ from issuer.http import routes
 from issuer.http.addresses import parse_networks
 from issuer.http.endpoints import Endpoints, metadata_bytes
 from issuer.http.errors import http_exception, unexpected
+from issuer.http.fastpath import PreparedDocuments, prepared_documents
 from issuer.http.metrics import KeyCollector, Metrics, MetricsMiddleware, metrics_endpoint
 from issuer.http.openapi import openapi_endpoint
 from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeyStore
@@ -292,7 +293,10 @@ def create_app(
         routes=served,
         middleware=[
             Middleware(AccessLogMiddleware),
+            # Latency of every endpoint, the prepared documents included.
             Middleware(MetricsMiddleware, metrics=metrics),
+            # Inside the access log and the metrics, in front of routing: the prepared documents.
+            Middleware(PreparedDocuments, documents=prepared_documents(base, endpoints)),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unexpected},
         lifespan=lifespan,

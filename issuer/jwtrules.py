@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from joserfc import jws, jwt
-from joserfc.errors import BadSignatureError as JoseBadSignature
+from joserfc import jws
 from joserfc.errors import ClaimError, JoseError, MissingClaimError
 from joserfc.errors import ExpiredTokenError as JoseExpired
 from joserfc.jws import JWSRegistry
@@ -60,34 +60,39 @@ def registry(alg: str) -> JWSRegistry:
     return _Registry(algorithms=[alg])
 
 
-def read_header(token: str) -> tuple[bytes, dict[str, Any]]:
-    """The raw bytes and unverified protected header of a compact JWS, with ``alg`` a string.
+def read_header(token: str) -> tuple[jws.CompactSignature, dict[str, Any]]:
+    """The parsed compact JWS and its unverified protected header, with ``alg`` a string.
 
-    Tokens with ``crit`` parameters are refused (none is understood here, RFC 7515 §4.1.11).
+    The token is parsed once here: :func:`decode_signed` verifies that same object
+    instead of parsing the text again. Tokens with ``crit`` parameters are refused (none is
+    understood here, RFC 7515 §4.1.11).
     """
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
         raise MalformedTokenError("not a token")
     try:
-        raw = token.encode("ascii")
-        header = dict(jws.extract_compact(raw).headers())
+        parsed = jws.extract_compact(token.encode("ascii"))
+        header = dict(parsed.headers())
     except (JoseError, ValueError, TypeError, UnicodeError) as exc:
         raise MalformedTokenError("not a compact JWS") from exc
     if not isinstance(header.get("alg"), str):
         raise BadSignatureError("the token has no alg")
     if header.get("crit") is not None:
         raise BadSignatureError("critical header parameters are not supported")
-    return raw, header
+    return parsed, header
 
 
-def decode_signed(raw: bytes, key: Any, alg: str) -> dict[str, Any]:
-    """The claims of ``raw`` if its signature verifies with ``key`` under exactly ``alg``."""
+def decode_signed(parsed: jws.CompactSignature, key: Any, alg: str) -> dict[str, Any]:
+    """The claims of ``parsed`` if its signature verifies with ``key`` under exactly ``alg``."""
     try:
-        decoded = jwt.decode(raw, key, registry=registry(alg))
-    except JoseBadSignature as exc:
-        raise BadSignatureError("bad signature") from exc
+        valid = jws.validate_compact(parsed, key, registry=registry(alg))
     except (JoseError, ValueError, TypeError) as exc:
         raise MalformedTokenError("the token cannot be decoded") from exc
-    claims = decoded.claims
+    if not valid:
+        raise BadSignatureError("bad signature")
+    try:
+        claims = json.loads(parsed.payload or b"")
+    except (ValueError, TypeError) as exc:
+        raise MalformedTokenError("the token cannot be decoded") from exc
     if not isinstance(claims, dict):
         raise MalformedTokenError("the claims are not a JSON object")
     return claims
@@ -110,16 +115,7 @@ def check_claims(
     leeway: int,
 ) -> None:
     """Check the registered claims of verified ``claims``; one TokenError per failure."""
-    checks = JWTClaimsRegistry(
-        now=now,
-        leeway=leeway,
-        iss={"essential": True, "value": issuer},
-        aud={"essential": True, "value": audience},
-        sub={"essential": True},
-        exp={"essential": True},
-        iat={"essential": True},
-        jti={"essential": True},
-    )
+    checks = _claims_registry(issuer, audience, now, leeway)
     try:
         checks.validate(dict(claims))
     except JoseExpired as exc:
@@ -130,6 +126,26 @@ def check_claims(
         raise claim_error(exc) from exc
     except (JoseError, ValueError, TypeError, OverflowError) as exc:
         raise MalformedTokenError("claims of the wrong shape") from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _claims_registry(
+    issuer: str, audience: str, now: Callable[[], int], leeway: int
+) -> JWTClaimsRegistry:
+    """The (stateless, reusable) joserfc checks for one verifier: built once, not per token.
+
+    ``now`` is a verifier's bound method, equal for every call on the same verifier.
+    """
+    return JWTClaimsRegistry(
+        now=now,
+        leeway=leeway,
+        iss={"essential": True, "value": issuer},
+        aud={"essential": True, "value": audience},
+        sub={"essential": True},
+        exp={"essential": True},
+        iat={"essential": True},
+        jti={"essential": True},
+    )
 
 
 def claim_error(exc: ClaimError) -> TokenError:

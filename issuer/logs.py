@@ -145,11 +145,22 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            access_log.info(
-                '%s "%s %s" %d %.1fms',
-                scope.get("client", ("-",))[0] if scope.get("client") else "-",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access(scope, status, time.perf_counter() - started)
+
+
+def _log_access(scope: Scope, status: int, seconds: float) -> None:
+    """One access line, formatted once and handed to the handlers as a finished record.
+
+    ``Logger.info`` would also walk the stack to find its caller and %-format the
+    arguments again in the handler: a measurable share of a ~100 µs request. The handlers
+    and formatters are unchanged, so the line is escaped like every other (CWE-117), and
+    the path is ``scope["path"]``, which never holds the query string.
+    """
+    client = scope.get("client")
+    address = client[0] if client else "-"
+    line = f'{address} "{scope["method"]} {scope["path"]}" {status} {seconds * 1000:.1f}ms'
+    # No args: a "%" in the path is never taken for a format directive.
+    access_log.handle(
+        access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line, (), None)
+    )

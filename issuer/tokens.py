@@ -207,7 +207,7 @@ class TokenService:
         return user
 
     def _verified_parts(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        raw, header = read_header(token)
+        parsed, header = read_header(token)
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise BadSignatureError("the token has no kid or alg")
@@ -216,7 +216,7 @@ class TokenService:
             raise BadSignatureError("unknown key id")
         if header["alg"] != loaded.alg:
             raise BadSignatureError("algorithm not allowed for this key")
-        return header, decode_signed(raw, loaded.key, loaded.alg)
+        return header, decode_signed(parsed, loaded.key, loaded.alg)
 
     def _check_claims(self, claims: dict[str, Any], audience: str) -> None:
         check_claims(

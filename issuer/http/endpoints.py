@@ -43,6 +43,9 @@ def endpoint_urls(issuer: str) -> dict[str, str]:
     }
 
 
+_HEALTHY = Document(json_bytes({"status": "ok"}), {"Cache-Control": "no-store"})
+
+
 @dataclass
 class Endpoints:
     """The handlers, bound to the components ``create_app`` built."""
@@ -191,7 +194,17 @@ class Endpoints:
         return self._discovery.response()
 
     async def healthz(self, request: Request) -> Response:
-        return json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+        return _HEALTHY.response()
+
+    # The same documents for issuer.http.fastpath, which answers them before routing.
+    async def jwks_document(self) -> Document:
+        return await self._jwks.document()
+
+    async def discovery_document(self) -> Document:
+        return self._discovery
+
+    async def healthz_document(self) -> Document:
+        return _HEALTHY
 
     async def readyz(self, request: Request) -> Response:
         checks = await run_in_threadpool(self._readiness)

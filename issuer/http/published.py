@@ -11,6 +11,7 @@ the event loop from the prepared bytes, with no thread hop.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,22 @@ class Document:
         if self.etag is not None and etag_matches(if_none_match, self.etag):
             return Response(status_code=304, headers=self.headers)
         return Response(self.body, media_type=JSON, headers=self.headers)
+
+    def answer(
+        self, if_none_match: str | None = None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """What :meth:`response` sends, as ASGI status, raw headers and body (prepared once)."""
+        if self.etag is not None and etag_matches(if_none_match, self.etag):
+            return self._not_modified
+        return self._ok
+
+    @functools.cached_property
+    def _ok(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return 200, self.response().raw_headers, self.body
+
+    @functools.cached_property
+    def _not_modified(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return 304, Response(status_code=304, headers=self.headers).raw_headers, b""
 
 
 def etag_matches(header: str | None, etag: str) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
+from joserfc import jws
 from joserfc.jwk import OctKey
 
 from issuer.errors import BadSignatureError, WrongTokenTypeError
@@ -47,7 +48,9 @@ class _LocalVerifier:
     def _now(self) -> int:
         return int(self.clock())
 
-    def _principal(self, raw: bytes, header: dict[str, Any], key: PinnedKey) -> Principal:
+    def _principal(
+        self, raw: jws.CompactSignature, header: dict[str, Any], key: PinnedKey
+    ) -> Principal:
         if header["alg"] != key.alg:
             raise BadSignatureError("algorithm not allowed for this key")
         claims = decode_signed(raw, key.key, key.alg)
