@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/lint-imports
 
 rotate-keys: install
-	$(BIN)/issuer keys rotate
+	$(BIN)/issuer keys rotate $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

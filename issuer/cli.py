@@ -27,11 +27,12 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from issuer.app import (
     build_key_manager,
     build_key_store,
+    key_set_alg_note,
     load_user_store,
     purge_expired_state,
 )
 from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
-from issuer.keystore import RotationResult
+from issuer.keystore import KNOWN_ALGS, KeyManager, RotationResult
 from issuer.logs import configure_logging, log_audit_to_stderr
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
@@ -234,10 +235,13 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     if settings.signing_alg == "HS256" and settings.secret_key is not None:
         print("signing with the HS256 secret from the environment")
     else:
-        result = build_key_manager(settings).ensure()
+        manager = build_key_manager(settings)
+        result = manager.ensure()
+        alg = manager.key_set_alg()
         if result is None:
-            print(f"{settings.signing_alg} keys already present in {settings.keys_dir}/")
-        elif settings.signing_alg == "HS256":
+            print(f"{alg} keys already present in {settings.keys_dir}/")
+            _note_key_set_alg(settings, alg)
+        elif alg == "HS256":
             print(
                 "!! DEVELOPMENT: generated a new HS256 signing secret in "
                 f"{settings.keys_dir}/ (mode 0600).\n"
@@ -245,10 +249,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
                 "or manage keys/ with `issuer keys rotate`."
             )
         else:
-            print(
-                f"created {settings.signing_alg} keys in {settings.keys_dir}/: "
-                + ", ".join(result.created)
-            )
+            print(f"created {alg} keys in {settings.keys_dir}/: " + ", ".join(result.created))
     for path, mode in exposed_files(settings):
         fix = "700" if path.is_dir() else "600"
         print(
@@ -487,13 +488,26 @@ def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(result: RotationResult) -> None:
+def _report(result: RotationResult, manager: KeyManager) -> None:
     for kid in result.created:
         print(f"created  {kid}")
     if result.activated:
         print(f"active   {result.activated}")
     for kid in result.retired:
         print(f"removed  {kid}")
+    print(f"signing  {result.signing_alg}")
+    staged = result.staged
+    if staged is not None:
+        print(
+            f"staged   {staged.alg} key {staged.kid}: published, not signing; the first "
+            f"`issuer keys rotate` after {manager.lead_time(staged.alg)}s makes it active"
+        )
+
+
+def _note_key_set_alg(settings: Settings, key_set_alg: str) -> None:
+    note = key_set_alg_note(settings, key_set_alg)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _require_managed_keys(settings: Settings) -> None:
@@ -506,7 +520,11 @@ def _require_managed_keys(settings: Settings) -> None:
 
 def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
     _require_managed_keys(settings)
-    _report(build_key_manager(settings).rotate(force=args.force))
+    manager = build_key_manager(settings)
+    result = manager.rotate(force=args.force, alg=args.alg)
+    _report(result, manager)
+    if args.alg is None and result.staged is None:
+        _note_key_set_alg(settings, result.signing_alg)
     return 0
 
 
@@ -641,6 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = keys.add_parser("rotate", help="advance every key one state (first run creates)")
     rotate.add_argument(
         "--force", action="store_true", help="promote the next key even if published recently"
+    )
+    rotate.add_argument(
+        "--alg",
+        choices=KNOWN_ALGS,
+        help="switch the key set to this algorithm, staged: publish a next key of it now; "
+        "the next rotation after the lead time activates it (default: keep the key set's)",
     )
     rotate.set_defaults(func=cmd_keys_rotate)
     keys.add_parser("list").set_defaults(func=cmd_keys_list)
