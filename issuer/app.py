@@ -90,7 +90,7 @@ def build_key_store(settings: Settings) -> KeyStore:
 def no_signing_key_message(settings: Settings) -> str:
     """What is wrong when nothing signs, and the command (with its algorithm) that fixes it."""
     alg = build_key_manager(settings).key_set_alg()
-    hint = f"run `issuer keys rotate` (with nothing signing, a {alg} key takes over at once)"
+    hint = f"run `issuer init` or `issuer keys rotate` (nothing signs: a {alg} key signs at once)"
     if alg == "HS256":
         hint += ", or set ISSUER_SECRET_KEY / ISSUER_SECRET_KEY_FILE"
     return f"no active {alg} key in {settings.keys_dir}: {hint}"
