@@ -108,6 +108,17 @@ def key_set_alg_note(settings: Settings, key_set_alg: str) -> str | None:
     )
 
 
+def build_engine(settings: Settings) -> Engine:
+    """The database engine, its pool and every wait on it bounded by the settings."""
+    return make_engine(
+        settings.database_url,
+        settings.db_pool_size,
+        connect_timeout=settings.db_connect_timeout,
+        pool_timeout=settings.db_pool_timeout,
+        statement_timeout=settings.db_statement_timeout,
+    )
+
+
 def build_key_manager(settings: Settings, clock: Callable[[], float] = time.time) -> KeyManager:
     """The write side of ``keys/``, with the retirement horizon the token lifetimes imply."""
     return KeyManager(
@@ -155,7 +166,7 @@ class Components:
 
 
 def build_components(settings: Settings, *, clock: Callable[[], float] = time.time) -> Components:
-    engine = make_engine(settings.database_url, settings.db_pool_size)
+    engine = build_engine(settings)
     store = SqlStore(engine)
     users = load_user_store(settings, store)
     keys = build_key_store(settings)

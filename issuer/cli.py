@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from issuer.app import (
+    build_engine,
     build_key_manager,
     build_key_store,
     key_set_alg_note,
@@ -42,7 +43,8 @@ from issuer.sessions import Sessions, families
 from issuer.settings import Settings, load_settings
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
-from issuer.store.sql import SqlStore, make_engine
+from issuer.store.diagnose import describe_database_error
+from issuer.store.sql import SqlStore
 
 audit = logging.getLogger("issuer.audit")
 
@@ -104,7 +106,7 @@ def _migrated_engine(settings: Settings) -> Engine:
         path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
         if path and path != ":memory:" and not Path(path).exists():
             raise UsageError(f"database not initialized ({path} does not exist): run `issuer init`")
-    engine = make_engine(url, settings.db_pool_size)
+    engine = build_engine(settings)
     current, head = migrate.current_revision(engine), migrate.head_revision()
     if current != head:
         engine.dispose()
@@ -225,7 +227,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
-    engine = make_engine(settings.database_url, settings.db_pool_size)
+    engine = build_engine(settings)
     migrate.upgrade(engine)
     engine.dispose()
     print(
@@ -281,7 +283,7 @@ def exposed_files(settings: Settings) -> list[tuple[Path, int]]:
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    engine = make_engine(settings.database_url, settings.db_pool_size)
+    engine = build_engine(settings)
     before = migrate.current_revision(engine)
     migrate.upgrade(engine)
     after = migrate.current_revision(engine)
@@ -676,8 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_kid_is_not_an_option(argv))
+    database_url = ""
     try:
         settings = load_settings()
+        database_url = settings.database_url
         if getattr(args, "audited", False):
             log_audit_to_stderr(settings.log_format)
         return int(args.func(settings, args))
@@ -686,10 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, IssuerError) as exc:
         _fail(str(exc))
     except OperationalError as exc:
-        _fail(
-            f"database error ({exc.orig.__class__.__name__}); is it reachable and initialized? "
-            "run `issuer init`"
-        )
+        _fail(describe_database_error(exc, database_url))
     except SQLAlchemyError as exc:
         # Never the statement or its parameters: they may hold usernames or hashes.
         _fail(f"database error ({exc.__class__.__name__})")

@@ -63,6 +63,9 @@ class Settings:
     jwks_max_age: int = 300
     key_reload_interval: float = 1.0
     db_pool_size: int = 5
+    db_connect_timeout: int = 5
+    db_pool_timeout: int = 10
+    db_statement_timeout: int = 30
     purge_interval: int = 3600
     login_failures_per_user_address: str = "5/minute"
     login_failures_per_address: str = "30/minute"
@@ -272,6 +275,9 @@ def _validate(s: Settings) -> list[str]:
         ("leeway", 0, 300),
         ("jwks_max_age", 0, 86400),
         ("db_pool_size", 1, 100),
+        ("db_connect_timeout", 1, 300),
+        ("db_pool_timeout", 1, 300),
+        ("db_statement_timeout", 0, 3600),
         ("purge_interval", 0, 7 * 86400),
         ("port", 1, 65535),
         ("workers", 1, 64),

@@ -47,7 +47,6 @@ from issuer.errors import (
     ExpiredTokenError,
     InvalidAudienceError,
     InvalidIssuerError,
-    KeyStoreError,
     MalformedTokenError,
     NotYetValidError,
     RevokedTokenError,
@@ -198,9 +197,7 @@ class TokenService:
         return self._sign(claims, typ)
 
     def _sign(self, claims: dict[str, Any], typ: str) -> str:
-        signing = self.keys.current().signing
-        if signing is None:
-            raise KeyStoreError("no active signing key: run `issuer keys rotate`")
+        signing = self.keys.current().require_signing()
         # Always an explicit key and kid: joserfc picks a random key from a KeySet otherwise.
         header = {"alg": signing.alg, "kid": signing.kid, "typ": typ}
         return jwt.encode(header, claims, signing.key, registry=_registry(signing.alg))

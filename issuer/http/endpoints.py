@@ -92,6 +92,8 @@ class Endpoints:
         )
         try:
             result = await run_in_threadpool(call, http_request)
+        except KeyStoreError as exc:
+            return _keys_unavailable(exc)
         except Exception:
             unavailable = await self._storage_unavailable()
             if unavailable is None:
@@ -107,13 +109,11 @@ class Endpoints:
         """
         if await run_in_threadpool(self.store.ping):
             return None
-        log.warning("database unreachable: answering 503")
-        return error_response(
-            "temporarily_unavailable",
-            "The service is temporarily unavailable; retry later.",
-            503,
-            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        log.warning(
+            "database unreachable or not initialized: answering 503; check database_url "
+            "and that the database is up, then run `issuer db upgrade` if it is new"
         )
+        return _unavailable()
 
     async def userinfo(self, request: Request) -> Response:
         """OIDC Core §5.3 UserInfo, RFC 6750-protected: the user behind an ``openid`` token.
@@ -191,20 +191,44 @@ class Endpoints:
         return json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
 
     async def readyz(self, request: Request) -> Response:
-        checks = await run_in_threadpool(self._readiness)
+        reasons = await run_in_threadpool(self._readiness)
+        checks = {name: reason is None for name, reason in reasons.items()}
         ready = all(checks.values())
-        return json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            200 if ready else 503,
-            {"Cache-Control": "no-store"},
-        )
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if not ready:
+            body["reasons"] = {name: reason for name, reason in reasons.items() if reason}
+        return json_response(body, 200 if ready else 503, {"Cache-Control": "no-store"})
 
-    def _readiness(self) -> dict[str, bool]:
+    def _readiness(self) -> dict[str, str | None]:
+        """Each check's problem, with what fixes it; None when it passes."""
         try:
-            keys_ok = self.keys.current().signing is not None
-        except KeyStoreError:
-            keys_ok = False
-        return {"database": self.store.ping(), "signing_key": keys_ok}
+            self.keys.current().require_signing()
+            keys_problem = None
+        except KeyStoreError as exc:
+            keys_problem = str(exc)
+        database_problem = None
+        if not self.store.ping():
+            database_problem = (
+                "the database is unreachable or not initialized: check database_url, "
+                "then run `issuer db upgrade`"
+            )
+        return {"database": database_problem, "signing_key": keys_problem}
+
+
+def _unavailable() -> Response:
+    """503 ``temporarily_unavailable`` with ``Retry-After``: server-side trouble is not
+    the client's fault nor a bug, and clients and load balancers know to come back."""
+    return error_response(
+        "temporarily_unavailable",
+        "The service is temporarily unavailable; retry later.",
+        503,
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def _keys_unavailable(exc: KeyStoreError) -> Response:
+    log.error("cannot sign tokens, answering 503: %s", exc)
+    return _unavailable()
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

@@ -20,7 +20,6 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
-from issuer.errors import KeyStoreError
 from issuer.models import Client, User
 from issuer.tokens import TokenService
 
@@ -55,10 +54,7 @@ class IdTokens:
     @property
     def signing_alg(self) -> str:
         """The ``alg`` of every ID token issued now (the discovery document says it)."""
-        signing = self.tokens.keys.current().signing
-        if signing is None:
-            raise KeyStoreError("no active signing key: run `issuer keys rotate`")
-        return signing.alg
+        return self.tokens.keys.current().require_signing().alg
 
     def available_to(self, client: Client) -> bool:
         """Whether ``client`` can be given an ID token (a public one not under HS256)."""
