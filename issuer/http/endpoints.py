@@ -56,6 +56,7 @@ class Endpoints:
     jwks_max_age: int
     trusted_proxies: tuple[Network, ...] = ()
     password_reset_call: OAuthCall | None = None
+    discovery_algorithms: tuple[str, frozenset[str]] | None = None
 
     async def token(self, request: Request) -> Response:
         return await self._oauth(request, routes.TOKEN, self.server.token_response)
@@ -181,6 +182,13 @@ class Endpoints:
         return Response(key_set.jwks_bytes, media_type="application/json", headers=headers)
 
     async def discovery(self, request: Request) -> Response:
+        # The document names the key set's algorithms: rebuilt when they change (an
+        # algorithm switch), never while nothing signs (the last one stays).
+        key_set = await run_in_threadpool(self.keys.current)
+        algorithms = (key_set.signing_alg, key_set.algorithms)
+        if algorithms != self.discovery_algorithms and key_set.signing is not None:
+            self.discovery_bytes = metadata_bytes(self.issuer_url, self.server)
+            self.discovery_algorithms = algorithms
         return Response(
             self.discovery_bytes,
             media_type="application/json",

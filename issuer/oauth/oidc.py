@@ -56,6 +56,14 @@ class IdTokens:
         """The ``alg`` of every ID token issued now (the discovery document says it)."""
         return self.tokens.keys.current().require_signing().alg
 
+    @property
+    def signing_algs(self) -> list[str]:
+        """Every ``alg`` an ID token valid now may carry: the signing one first, then the
+        key set's other algorithms (during and after a switch, until their keys retire)."""
+        key_set = self.tokens.keys.current()
+        alg = key_set.require_signing().alg
+        return [alg, *sorted(key_set.algorithms - {alg})]
+
     def available_to(self, client: Client) -> bool:
         """Whether ``client`` can be given an ID token (a public one not under HS256)."""
         return not (client.is_public and self.signing_alg == SYMMETRIC_ALG)
