@@ -289,7 +289,7 @@ def create_app(
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
-            parts.engine.dispose()
+            release_connections(parts)
 
     # An issuer URL with a path (https://host/tenant) serves every endpoint under it.
     base = urlsplit(parts.settings.url).path
@@ -314,6 +314,13 @@ def create_app(
     )
     app.state.components = parts
     return app
+
+
+def release_connections(parts: Components) -> None:
+    """The last step of a graceful shutdown (requests in progress have finished, see
+    ``shutdown_timeout``): close the database pool and the Redis connections."""
+    parts.engine.dispose()
+    parts.limiter.close()
 
 
 def purge_expired_state(store: Store, now: int, leeway: int) -> tuple[int, int]:

@@ -222,8 +222,17 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         limit_concurrency=settings.http_limit_concurrency,
         request_timeout=settings.http_request_timeout,
         max_headers=settings.http_max_headers,
+        **graceful_shutdown(settings),
     )
     return 0 if serve(config) else 3
+
+
+def graceful_shutdown(settings: Settings) -> dict[str, Any]:
+    """uvicorn's part of a graceful shutdown on SIGTERM: stop accepting, then give the
+    requests in progress ``shutdown_timeout`` seconds (each is one transaction, so a
+    refresh token rotation is committed with its answer or not at all); the app's
+    lifespan then closes pools and Redis (issuer.app.release_connections)."""
+    return {"timeout_graceful_shutdown": settings.shutdown_timeout}
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:

@@ -141,6 +141,11 @@ class LoginLimiter:
 
     # -- the three steps of a login ---------------------------------------------------
 
+    def close(self) -> None:
+        """Close the storage's connections (Redis); a memory storage holds none."""
+        if isinstance(self.storage, RedisStorage):
+            self.storage.get_connection().close()
+
     def admit(self, username: str, address: str) -> Admission:
         """Take a place in every budget that applies, atomically each, before any bcrypt.
 

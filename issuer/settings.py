@@ -82,6 +82,7 @@ class Settings:
     http_request_timeout: float = 10.0
     http_keep_alive_timeout: int = 5
     http_limit_concurrency: int = 256
+    shutdown_timeout: int = 30
     secret_key: Secret | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -286,6 +287,7 @@ def _validate(s: Settings) -> list[str]:
         ("http_max_headers", 10, 1000),
         ("http_keep_alive_timeout", 1, 300),
         ("http_limit_concurrency", 1, 100_000),
+        ("shutdown_timeout", 1, 600),
     ):
         value = getattr(s, name)
         if not low <= value <= high:
