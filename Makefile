@@ -28,10 +28,19 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not e2e and not postgres" -n auto -q $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check issuer tests
-	$(BIN)/ruff format --check issuer tests
+	$(BIN)/ruff check issuer tests bench
+	$(BIN)/ruff format --check issuer tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# Benchmark tooling (bench/, never part of `make test`): matplotlib and PyJWT from the
+# `bench` extra (which `dev` includes), wrk from Debian. Results go to
+# bench/results/<timestamp>/ (git-ignored); BENCH_* knobs in the README.
+bench: install
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q wrk || { apt-get update -q && apt-get install -y -q wrk; }; \
+	  else echo "make bench needs wrk: sudo apt-get install wrk" >&2; exit 2; fi; }
+	$(BIN)/python -m bench.run
 
 rotate-keys: install
 	$(BIN)/issuer keys rotate $(ARGS)

@@ -263,7 +263,6 @@ def create_app(
     if components is None:
         components = build_components(settings if settings is not None else load_settings())
     parts = components
-    tokens_module.configure(parts.tokens)
     endpoints = Endpoints(
         issuer_url=parts.settings.url,
         server=parts.server,
@@ -275,6 +274,7 @@ def create_app(
         jwks_max_age=parts.settings.jwks_max_age,
         trusted_proxies=parse_networks(parts.settings.trusted_proxies),
         password_reset_call=PasswordResetEndpoint(parts.resets) if parts.resets else None,
+        key_reload_interval=parts.settings.key_reload_interval,
     )
 
     @contextlib.asynccontextmanager
@@ -313,6 +313,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.components = parts
+    # The app holds its own token service: issuer.dependencies reads it from the request's
+    # app, so two apps in one process never see each other's keys or stores.
+    app.state.tokens = parts.tokens
     return app
 
 
@@ -352,4 +355,8 @@ def app_factory() -> Starlette:
     """Entry point for uvicorn workers (``issuer serve``): settings from the environment."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    # One app per worker process: the seed's module-level functions (issuer.tokens.
+    # create_access_token, verify_token...) use its service. A documented shim, nothing more.
+    tokens_module.configure(app.state.tokens)
+    return app

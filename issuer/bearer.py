@@ -1,7 +1,7 @@
 """RFC 6750 in two functions: reading a Bearer token and writing a Bearer challenge.
 
-Shared by the issuer's own protected endpoint (``/userinfo``) and by the dependencies
-that APIs use, so both parse and answer exactly alike.
+Shared by the issuer's own protected endpoint (``/userinfo``), its dependencies and the
+APIs' :mod:`issuer.resource`, so all of them parse and answer exactly alike.
 """
 
 from __future__ import annotations
@@ -19,13 +19,18 @@ def token_from_header(authorization: str | None) -> str | None:
 
 
 def challenge(
-    error: str | None = None, description: str | None = None, scope: str | None = None
+    error: str | None = None,
+    description: str | None = None,
+    scope: str | None = None,
+    *,
+    realm: str = REALM,
 ) -> str:
     """A ``WWW-Authenticate`` value (§3); no error code when no credentials were sent.
 
-    ``scope`` names the scope a request lacked (with ``insufficient_scope``).
+    ``scope`` names the scopes a request lacked (``insufficient_scope``, §3.1). Values are
+    constants of ours, never client input: they need no escaping.
     """
-    parts = [f'realm="{REALM}"']
+    parts = [f'realm="{realm}"']
     if error:
         parts.append(f'error="{error}"')
     if description:

@@ -16,10 +16,17 @@ FastAPI a dependency of this package: when FastAPI is importable their defaults 
     async def me(request: Request) -> Response:
         user = await authenticate(request, "engineer", "admin")
 
-Tokens are checked by :func:`issuer.tokens.get_service` (installed by ``create_app``, or
-by an API calling ``issuer.tokens.configure(TokenService(...))``), including the
-revocation check, so logged-out tokens are refused at once. That check and the user
-lookup may hit a database: they run in a worker thread, never on the event loop.
+These are for routes served *with the issuer's own components* (its database and keys):
+tokens are checked by the :class:`issuer.tokens.TokenService` the request's app holds as
+``app.state.tokens`` (``create_app`` sets it; an app of yours sharing the issuer's
+components sets it too), including the revocation check, so logged-out tokens are refused
+at once. Two apps in one process each use their own. Without ``app.state.tokens`` (or a
+request, when called directly) they fall back to the seed's module-level service,
+:func:`issuer.tokens.configure`. An API that has only the issuer's URL uses
+:mod:`issuer.resource` instead, whose ``Protect`` offers the same names.
+
+The revocation check and the user lookup may hit a database: they run in a worker
+thread, never on the event loop.
 
 Failures are :class:`starlette.exceptions.HTTPException`\\ s, which FastAPI and Starlette
 both render: 401 with ``WWW-Authenticate: Bearer`` for a missing token (no error code,
@@ -92,16 +99,31 @@ async def bearer_token(request: Request) -> str:
 _TOKEN = _depends(bearer_token)
 
 
-def _user_for(token: str) -> User:
-    return tokens.get_service().get_current_user(token)
+def service_for(request: Request | None) -> tokens.TokenService:
+    """The TokenService of the request's app (``app.state.tokens``), else the seed's shim."""
+    app = request.scope.get("app") if request is not None else None
+    service = getattr(getattr(app, "state", None), "tokens", None)
+    if isinstance(service, tokens.TokenService):
+        return service
+    try:
+        return tokens.get_service()
+    except RuntimeError:
+        raise RuntimeError(
+            "issuer.dependencies needs the issuer's TokenService as app.state.tokens; "
+            "an API that has only the issuer's URL uses issuer.resource.Protect"
+        ) from None
 
 
-async def get_current_user(token: str = _TOKEN) -> User:
-    """The user an access token speaks for (enabled or not); 401 ``invalid_token`` otherwise."""
+async def get_current_user(token: str = _TOKEN, request: Request = None) -> User:  # type: ignore[assignment]
+    """The user an access token speaks for (enabled or not); 401 ``invalid_token`` otherwise.
+
+    FastAPI passes ``request`` itself; direct callers may pass it to pick the app's service.
+    """
     if not isinstance(token, str):
         raise TypeError("get_current_user needs the bearer token (see authenticate())")
+    service = service_for(request)
     try:
-        return await run_in_threadpool(_user_for, token)
+        return await run_in_threadpool(service.get_current_user, token)
     except (TokenError, UnknownUserError) as exc:
         log.info("bearer token refused: %s", exc.code)
         raise _unauthorized("invalid_token", REFUSED_DESCRIPTION) from None
@@ -161,5 +183,6 @@ async def authenticate(request: Request, *roles: str | Role) -> User:
     HTTPExceptions as the FastAPI dependencies.
     """
     allowed = _parse_roles(roles) if roles else None
-    user = await get_current_active_user(await get_current_user(await bearer_token(request)))
+    token = await bearer_token(request)
+    user = await get_current_active_user(await get_current_user(token, request))
     return user if allowed is None else _check_role(user, allowed)

@@ -15,6 +15,7 @@ carries a short machine-readable ``code``::
     ├── UserError                token fine, user not usable
     │   ├── UnknownUserError     the subject no longer exists
     │   └── InactiveUserError    the user is disabled
+    ├── IssuerUnreachableError   an API's verifier cannot get keys or an answer from the issuer
     └── TokenError               a token failed verification
         ├── MalformedTokenError  not a compact JWS / not JSON / claims of the wrong shape
         ├── BadSignatureError    signature, algorithm or kid not acceptable
@@ -132,3 +133,14 @@ class InvalidAudienceError(TokenError):
 
 class RevokedTokenError(TokenError):
     code = "revoked_token"
+
+
+class IssuerUnreachableError(IssuerError):
+    """The issuer (discovery, JWKS or introspection) did not answer usefully.
+
+    Raised by :mod:`issuer.resource` when it has nothing to verify a token with: no key set
+    was ever fetched, or introspection failed. It says nothing about the token, so APIs
+    answer 503 rather than 401 (a client must not throw its token away over it).
+    """
+
+    code = "issuer_unreachable"

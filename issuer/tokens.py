@@ -12,13 +12,14 @@ leeway, ``type``) and finally revocation. Each failure raises its own
 :class:`issuer.errors.TokenError`.
 
 The module-level functions (``create_access_token``, ``verify_token``…) are the seed's
-façade over a :class:`TokenService`; :func:`configure` installs the one the app built.
+façade over a :class:`TokenService`: a documented shim, nothing more. The service itself
+is an explicit object the app holds (``app.state.tokens``); :func:`configure` installs it
+for the façade, which ``issuer serve`` does for its one app per worker process
+(``create_app`` does not: two apps in one process must not share it).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import threading
 import time
@@ -28,42 +29,29 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from joserfc import jws, jwt
-from joserfc.errors import (
-    BadSignatureError as JoseBadSignature,
-)
-from joserfc.errors import (
-    ClaimError,
-    JoseError,
-    MissingClaimError,
-)
-from joserfc.errors import (
-    ExpiredTokenError as JoseExpired,
-)
-from joserfc.jws import JWSRegistry
-from joserfc.jwt import JWTClaimsRegistry
+from joserfc.errors import JoseError
 
+from issuer import jwtrules
 from issuer.errors import (
     BadSignatureError,
-    ExpiredTokenError,
-    InvalidAudienceError,
-    InvalidIssuerError,
-    MalformedTokenError,
-    NotYetValidError,
     RevokedTokenError,
-    TokenError,
     UnknownUserError,
     WrongTokenTypeError,
 )
+from issuer.jwtrules import check_claims, decode_signed, read_header
+from issuer.jwtrules import registry as _registry
+from issuer.jwtrules import typ as _typ
 from issuer.keystore import KeyStore
 from issuer.models import User
 from issuer.store.base import UserStore
 
-ACCESS = "access"
+# Shared with issuer.resource (APIs check tokens alike); named here beside their siblings.
+ACCESS = jwtrules.ACCESS
+ACCESS_TYP = jwtrules.ACCESS_TYP
+MAX_TOKEN_BYTES = jwtrules.MAX_TOKEN_BYTES
 REFRESH = "refresh"
 TOKEN_TYPES = (ACCESS, REFRESH)
-ACCESS_TYP = "at+jwt"
 REFRESH_TYP = "rt+jwt"
-MAX_TOKEN_BYTES = 8192
 DEFAULT_CLIENT_ID = "issuer"
 # Claims the service sets itself; callers cannot override them.
 RESERVED_CLAIMS = frozenset({"iss", "aud", "iat", "exp", "nbf", "jti", "type"})
@@ -77,29 +65,6 @@ class RevocationCheck(Protocol):
     def is_revoked(self, claims: Mapping[str, Any]) -> bool:
         """True if the token (identified by its verified claims) must be refused."""
         ...
-
-
-class _Registry(JWSRegistry):
-    """joserfc's JWS algorithms, with ``EdDSA`` quiet.
-
-    joserfc 1.8 warns on every EdDSA call (it prefers ``Ed25519``), but verifiers such as
-    PyJWT and jose only know ``alg: EdDSA``, so that name stays on the wire. The warning is
-    about naming, not security; dropping it in our own registry leaves the process-wide warning
-    filters alone (changing them is neither thread-safe nor ours to do).
-    """
-
-    algorithms = dict(JWSRegistry.algorithms)  # noqa: RUF012 - joserfc's own class attribute
-
-
-_quiet_eddsa = copy.copy(JWSRegistry.algorithms["EdDSA"])
-_quiet_eddsa.security_warning = None
-_Registry.algorithms["EdDSA"] = _quiet_eddsa
-
-
-@functools.cache
-def _registry(alg: str) -> JWSRegistry:
-    """A registry allowing exactly ``alg``: the key pins the algorithm, never the token."""
-    return _Registry(algorithms=[alg])
 
 
 class TokenService:
@@ -239,74 +204,21 @@ class TokenService:
         return user
 
     def _verified_parts(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
-            raise MalformedTokenError("not a token")
-        try:
-            raw = token.encode("ascii")
-            header = jws.extract_compact(raw).headers()
-        except (JoseError, ValueError, TypeError, UnicodeError) as exc:
-            raise MalformedTokenError("not a compact JWS") from exc
-        kid, alg = header.get("kid"), header.get("alg")
-        if not isinstance(kid, str) or not isinstance(alg, str):
+        raw, header = read_header(token)
+        kid = header.get("kid")
+        if not isinstance(kid, str):
             raise BadSignatureError("the token has no kid or alg")
-        if header.get("crit") is not None:
-            raise BadSignatureError("critical header parameters are not supported")
         loaded = self.keys.current().verification_key(kid, self.clock())
         if loaded is None:
             raise BadSignatureError("unknown key id")
-        if alg != loaded.alg:
+        if header["alg"] != loaded.alg:
             raise BadSignatureError("algorithm not allowed for this key")
-        try:
-            decoded = jwt.decode(raw, loaded.key, registry=_registry(loaded.alg))
-        except JoseBadSignature as exc:
-            raise BadSignatureError("bad signature") from exc
-        except (JoseError, ValueError, TypeError) as exc:
-            raise MalformedTokenError("the token cannot be decoded") from exc
-        claims = decoded.claims
-        if not isinstance(claims, dict):
-            raise MalformedTokenError("the claims are not a JSON object")
-        return header, claims
+        return header, decode_signed(raw, loaded.key, loaded.alg)
 
     def _check_claims(self, claims: dict[str, Any], audience: str) -> None:
-        registry = JWTClaimsRegistry(
-            now=self.now,
-            leeway=self.leeway,
-            iss={"essential": True, "value": self.issuer},
-            aud={"essential": True, "value": audience},
-            sub={"essential": True},
-            exp={"essential": True},
-            iat={"essential": True},
-            jti={"essential": True},
+        check_claims(
+            claims, issuer=self.issuer, audience=audience, now=self.now, leeway=self.leeway
         )
-        try:
-            registry.validate(claims)
-        except JoseExpired as exc:
-            raise ExpiredTokenError("the token has expired") from exc
-        except MissingClaimError as exc:
-            raise MalformedTokenError(f"missing claim: {exc.claim}") from exc
-        except ClaimError as exc:
-            raise _claim_error(exc) from exc
-        except (JoseError, ValueError, TypeError, OverflowError) as exc:
-            raise MalformedTokenError("claims of the wrong shape") from exc
-
-
-def _claim_error(exc: ClaimError) -> TokenError:
-    if exc.claim == "iss":
-        return InvalidIssuerError("the token was issued by someone else")
-    if exc.claim == "aud":
-        return InvalidAudienceError("the token is not meant for this audience")
-    if exc.claim in ("nbf", "iat") and "must be" not in str(exc.description):
-        return NotYetValidError("the token is not valid yet")
-    return MalformedTokenError(f"invalid claim: {exc.claim}")
-
-
-def _typ(header: Mapping[str, Any]) -> str:
-    """The ``typ`` header, normalized per RFC 7515 §4.1.9 (``application/`` prefix optional)."""
-    typ = header.get("typ")
-    if not isinstance(typ, str):
-        return ""
-    typ = typ.lower()
-    return typ.removeprefix("application/")
 
 
 def peek_claims(token: str) -> dict[str, Any] | None:
@@ -328,7 +240,7 @@ _service_lock = threading.Lock()
 
 
 def configure(service: TokenService | None) -> None:
-    """Install the service the module-level functions use (``create_app`` does this)."""
+    """Install the service the module-level functions use (``issuer serve`` does this)."""
     global _service  # noqa: PLW0603 - the façade's single seam, set by the composition root
     with _service_lock:
         _service = service
@@ -339,8 +251,8 @@ def get_service() -> TokenService:
     service = _service
     if service is None:
         raise RuntimeError(
-            "issuer.tokens is not configured: create the app (issuer.app.create_app) "
-            "or call issuer.tokens.configure(TokenService(...)) first"
+            "issuer.tokens is not configured: call issuer.tokens.configure(app.state.tokens) "
+            "or configure(TokenService(...)) first (APIs verify with issuer.resource)"
         )
     return service
 

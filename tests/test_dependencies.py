@@ -4,6 +4,7 @@ Tokens come from the real issuer (password grant through the issuer's TestClient
 are presented to separate API apps in the same process, as a resource server would.
 """
 
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from issuer.app import build_components
 from issuer.dependencies import (
     authenticate,
     get_current_active_user,
@@ -88,14 +90,17 @@ def login(issuer, username: str = "alice") -> dict:
 
 
 @pytest.fixture
-def api(issuer):
-    with TestClient(build_fastapi_app()) as test_client:
+def api(issuer, components):
+    app = build_fastapi_app()
+    app.state.tokens = components.tokens  # served with the issuer's own components
+    with TestClient(app) as test_client:
         yield test_client
 
 
 @pytest.fixture
-def starlette_api(issuer):
+def starlette_api(issuer, components):
     app = Starlette(routes=[Route("/eng", engineers_only), Route("/anyone", anyone)])
+    app.state.tokens = components.tokens
     with TestClient(app) as test_client:
         yield test_client
 
@@ -265,7 +270,7 @@ def test_dependencies_work_without_fastapi_installed(tmp_path):
         from starlette.requests import Request
         from issuer import dependencies
 
-        assert dependencies.get_current_user.__defaults__ == (dependencies.UNSET,)
+        assert dependencies.get_current_user.__defaults__ == (dependencies.UNSET, None)
         request = Request({"type": "http", "method": "GET", "headers": []})
         try:
             asyncio.run(dependencies.authenticate(request))
@@ -279,3 +284,40 @@ def test_dependencies_work_without_fastapi_installed(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '401 Bearer realm="issuer"'
     assert "fastapi" not in result.stderr.lower()
+
+
+def test_two_apps_in_one_process_each_use_their_own_token_service(
+    issuer, components, make_settings, tmp_path
+):
+    """No module-global service: an app sees only the TokenService it holds."""
+    from issuer import tokens  # noqa: PLC0415 - the shim under test
+
+    with pytest.raises(RuntimeError):  # create_app installed nothing global
+        tokens.get_service()
+    token = login(issuer)["access_token"]
+    other_settings = make_settings(
+        secret_key=secrets.token_urlsafe(48),
+        keys_dir=str(tmp_path / "other-keys"),
+        database_url=f"sqlite:///{tmp_path / 'o.db'}",
+    )
+    other = build_components(other_settings)  # another issuer: another secret
+    try:
+        mine, theirs = build_fastapi_app(), build_fastapi_app()
+        mine.state.tokens = components.tokens
+        theirs.state.tokens = other.tokens
+        with TestClient(mine) as mine_client, TestClient(theirs) as theirs_client:
+            assert mine_client.get("/me", headers=bearer(token)).status_code == 200
+            assert_invalid_token(theirs_client.get("/me", headers=bearer(token)))
+    finally:
+        other.engine.dispose()
+
+
+def test_an_app_without_a_token_service_says_to_use_issuer_resource():
+    from issuer import tokens  # noqa: PLC0415 - the shim under test
+
+    tokens.configure(None)
+    with (
+        TestClient(build_fastapi_app()) as api,
+        pytest.raises(RuntimeError, match=r"issuer\.resource"),
+    ):
+        api.get("/me", headers=bearer("a.b.c"))

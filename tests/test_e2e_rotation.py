@@ -159,6 +159,22 @@ def test_pyjwt_and_node_jose_verify_real_tokens_from_a_running_server(
     assert json.loads(by_argv.stdout)["results"][0]["kid"] == active_kid
 
 
+def rotate_twice(server, rotations: list[str], too_soon: list[str], errors: list[str]) -> None:
+    """``issuer keys rotate`` until it has worked twice, retrying while it says too soon."""
+    for _ in range(60):  # bounded: at most ~30 s of retries
+        done = server.cli("keys", "rotate", check=False)
+        if done.returncode == 0:
+            rotations.append(done.stdout)
+            if len(rotations) == 2:
+                return
+        elif "--force" in done.stderr:
+            too_soon.append(done.stderr)
+        else:
+            errors.append(done.stderr)
+            return
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
 def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_verifier, alg):
     """Zero failed verifications while keys rotate twice; a revoked key's tokens are refused."""
@@ -187,22 +203,7 @@ def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_ve
     rotations: list[str] = []
     too_soon: list[str] = []
     errors: list[str] = []
-
-    def rotate_twice() -> None:
-        for _ in range(60):  # bounded: at most ~30 s of retries
-            done = server.cli("keys", "rotate", check=False)
-            if done.returncode == 0:
-                rotations.append(done.stdout)
-                if len(rotations) == 2:
-                    return
-            elif "--force" in done.stderr:
-                too_soon.append(done.stderr)
-            else:
-                errors.append(done.stderr)
-                return
-            time.sleep(0.5)
-
-    rotator = threading.Thread(target=rotate_twice)
+    rotator = threading.Thread(target=rotate_twice, args=(server, rotations, too_soon, errors))
     rotator.start()
     failures: list[str] = []
     kids_seen: list[str] = []

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from starlette.testclient import TestClient
 
-from issuer import tokens as tokens_module
 from issuer.app import Components, build_components, build_key_manager, create_app
 from issuer.errors import BadSignatureError, TokenError
 from issuer.keystore import KeyState, read_manifest
@@ -79,7 +78,7 @@ class Issuer:
     def assert_refused(self, token: str) -> None:
         """Refused by every verifying path the issuer has: API, introspection, userinfo."""
         with pytest.raises(TokenError):
-            tokens_module.verify_token(token)
+            self.parts.tokens.verify(token)
         assert self.introspect(token) == {"active": False}
         assert self.userinfo_status(token) == 401
 
@@ -285,7 +284,7 @@ def test_hs256_token_keyed_with_the_public_key_pem_is_refused(asymmetric_issuer)
         for secret in (pem, pem.strip()):
             forged = forge({**header, "alg": "HS256"}, claims, hs256_with(secret))
             with pytest.raises(BadSignatureError):
-                tokens_module.verify_token(forged)
+                issuer.parts.tokens.verify(forged)
             issuer.assert_refused(forged)
 
 
@@ -307,7 +306,7 @@ def test_token_whose_alg_differs_from_its_keys_algorithm_is_refused(issuer):
         relabelled = forge({**header, "alg": alg}, claims, lambda _: b"")
         relabelled = relabelled.rsplit(".", 1)[0] + "." + signature
         with pytest.raises(BadSignatureError):
-            tokens_module.verify_token(relabelled)
+            issuer.parts.tokens.verify(relabelled)
         issuer.assert_refused(relabelled)
 
 
@@ -316,7 +315,7 @@ def test_kid_that_looks_like_a_path_is_just_an_unknown_kid(issuer):
     for kid in ("../../etc/passwd", "/etc/passwd", "manifest.json", ".lock", ""):
         forged = forge({**header, "kid": kid}, claims, hs256_with(b"x" * 32))
         with pytest.raises(BadSignatureError):
-            tokens_module.verify_token(forged)
+            issuer.parts.tokens.verify(forged)
         issuer.assert_refused(forged)
 
 
@@ -324,7 +323,7 @@ def test_hs256_token_signed_with_another_secret_is_refused(issuer):
     header, claims = parts_of(issuer.password_grant()["access_token"])
     forged = forge({**header, "alg": "HS256"}, claims, hs256_with(b"guess" * 10))
     with pytest.raises(BadSignatureError):
-        tokens_module.verify_token(forged)
+        issuer.parts.tokens.verify(forged)
     issuer.assert_refused(forged)
 
 

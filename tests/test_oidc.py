@@ -14,7 +14,6 @@ from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet, OctKey
 from starlette.testclient import TestClient
 
-from issuer import tokens as tokens_module
 from issuer.app import build_components, build_key_manager, create_app
 from issuer.errors import TokenError
 from issuer.models import AuthMethod
@@ -164,7 +163,7 @@ def test_a_client_without_refresh_tokens_gets_an_id_token_without_sid(issuer):
 def test_an_id_token_is_never_accepted_as_an_access_token(issuer):
     id_token = issuer.login()["id_token"]
     with pytest.raises(TokenError):
-        tokens_module.verify_token(id_token)
+        issuer.parts.tokens.verify(id_token)
     response = issuer.http.get(USERINFO, headers={"Authorization": f"Bearer {id_token}"})
     assert response.status_code == 401
     resource_server = add_client(issuer.parts.store, "api", grants=(), introspect=True)

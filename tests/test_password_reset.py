@@ -34,7 +34,7 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Settings:
     overrides: dict[str, Any] = {"password_reset_failures_per_address": "5000/minute"}
     if request.param == "postgresql":

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+import issuer.tokens
 from issuer.app import Components, build_components, create_app
 from issuer.dependencies import authenticate
 from issuer.errors import RevokedTokenError
@@ -42,7 +43,7 @@ USERINFO = "/userinfo"
 DAY = 86400
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Settings:
     """Every test here runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
@@ -55,10 +56,21 @@ async def protected(request: Request) -> JSONResponse:
     return JSONResponse({"sub": user.id})
 
 
+@pytest.fixture(autouse=True)
+def seed_functions(components: Components) -> Iterator[None]:
+    """The seed's module-level functions (decode_token, verify_token) over this test's
+    issuer: the documented shim an app installs explicitly."""
+    issuer.tokens.configure(components.tokens)
+    yield
+    issuer.tokens.configure(None)
+
+
 @pytest.fixture
-def api() -> Iterator[TestClient]:
-    """An API guarded by issuer.dependencies (the service create_app installed)."""
-    with TestClient(Starlette(routes=[Route("/me", protected)])) as test_client:
+def api(components: Components) -> Iterator[TestClient]:
+    """An API guarded by issuer.dependencies, holding the issuer's token service."""
+    app = Starlette(routes=[Route("/me", protected)])
+    app.state.tokens = components.tokens
+    with TestClient(app) as test_client:
         yield test_client
 
 
@@ -124,7 +136,7 @@ def world(client: TestClient, components: Components, api: TestClient) -> World:
         api=api,
         webapp=("webapp", str(add_client(components.store, "webapp"))),
         mobile=("mobile", str(add_client(components.store, "mobile"))),
-        resource_server=("api", str(add_client(components.store, "api"))),
+        resource_server=("api", str(add_client(components.store, "api", introspect=True))),
     )
 
 

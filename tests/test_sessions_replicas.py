@@ -7,9 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import PASSWORD, LiveServer
 from tests.test_refresh_concurrency import deploy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 NEW_PASSWORD = "Rep1ica-secret!"
 

@@ -4,12 +4,13 @@ logins, the failed-login budgets and the audit log."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
+import issuer.tokens
 from issuer.app import Components
 from issuer.errors import DuplicateError
 from issuer.models import Role
@@ -21,12 +22,21 @@ TOKEN = "/oauth/token"
 VARIANTS = ["alice", "ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45", "\uff21LICE"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Settings:
-    overrides: dict[str, Any] = {"login_failures_per_user": "2/minute"}
+    overrides: dict[str, Any] = {"login_failures_per_user_address": "2/minute"}
     if request.param == "postgresql":
         overrides["database_url"] = request.getfixturevalue("postgres_url")
     return make_settings(**overrides)
+
+
+@pytest.fixture(autouse=True)
+def seed_functions(components: Components) -> Iterator[None]:
+    """The seed's module-level functions (decode_token, verify_token) over this test's
+    issuer: the documented shim an app installs explicitly."""
+    issuer.tokens.configure(components.tokens)
+    yield
+    issuer.tokens.configure(None)
 
 
 def login(client: TestClient, auth: Any, username: str, password: str = PASSWORD) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,6 +15,7 @@ from issuer.errors import IssuerError, KeyStoreError, TokenError
 from issuer.http import routes
 from issuer.http.addresses import Network, client_address
 from issuer.http.forms import BadRequestError, parse_form, read_body
+from issuer.http.published import Document, PublishedJwks
 from issuer.http.responses import error_response, json_bytes, json_response
 from issuer.keystore import KeyStore
 from issuer.models import User
@@ -56,7 +57,15 @@ class Endpoints:
     jwks_max_age: int
     trusted_proxies: tuple[Network, ...] = ()
     password_reset_call: OAuthCall | None = None
-    discovery_algorithms: tuple[str, frozenset[str]] | None = None
+    key_reload_interval: float = 0.0  # 0: the JWKS handler asks the key store every time
+    _jwks: PublishedJwks = field(init=False, repr=False)
+    _discovery: Document = field(init=False, repr=False)
+    # The key set's (signing alg, algorithms) the discovery document was built for.
+    _discovery_algorithms: tuple[str, frozenset[str]] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._jwks = PublishedJwks(self.keys, self.jwks_max_age, self.key_reload_interval)
+        self._discovery = Document(self.discovery_bytes, {"Cache-Control": "public, max-age=3600"})
 
     async def token(self, request: Request) -> Response:
         return await self._oauth(request, routes.TOKEN, self.server.token_response)
@@ -170,30 +179,24 @@ class Endpoints:
         return user, scope if isinstance(scope, str) else ""
 
     async def jwks(self, request: Request) -> Response:
-        """Public keys only, from bytes the key store precomputed; conditional GET."""
-        # current() may re-read keys/ and parse PEMs after a rotation: not on the event loop.
-        key_set = await run_in_threadpool(self.keys.current)
-        headers = {
-            "Cache-Control": f"public, max-age={self.jwks_max_age}",
-            "ETag": key_set.etag,
-        }
-        if _etag_matches(request.headers.get("if-none-match"), key_set.etag):
-            return Response(status_code=304, headers=headers)
-        return Response(key_set.jwks_bytes, media_type="application/json", headers=headers)
+        """Public keys only, from prepared bytes on the event loop; conditional GET."""
+        document = await self._jwks.document()
+        return document.response(request.headers.get("if-none-match"))
 
     async def discovery(self, request: Request) -> Response:
         # The document names the key set's algorithms: rebuilt when they change (an
-        # algorithm switch), never while nothing signs (the last one stays).
-        key_set = await run_in_threadpool(self.keys.current)
-        algorithms = (key_set.signing_alg, key_set.algorithms)
-        if algorithms != self.discovery_algorithms and key_set.signing is not None:
-            self.discovery_bytes = metadata_bytes(self.issuer_url, self.server)
-            self.discovery_algorithms = algorithms
-        return Response(
-            self.discovery_bytes,
-            media_type="application/json",
-            headers={"Cache-Control": "public, max-age=3600"},
-        )
+        # algorithm switch; rare), never while nothing signs (the last one stays). The
+        # key set comes from the JWKS publisher, so this stays on the event loop.
+        await self._jwks.document()
+        key_set = self._jwks.key_set
+        if key_set is not None and key_set.signing is not None:
+            algorithms = (key_set.signing_alg, key_set.algorithms)
+            if algorithms != self._discovery_algorithms:
+                self._discovery = Document(
+                    metadata_bytes(self.issuer_url, self.server), self._discovery.headers
+                )
+                self._discovery_algorithms = algorithms
+        return self._discovery.response()
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
@@ -237,13 +240,6 @@ def _unavailable() -> Response:
 def _keys_unavailable(exc: KeyStoreError) -> Response:
     log.error("cannot sign tokens, answering 503: %s", exc)
     return _unavailable()
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
-    return "*" in candidates or etag in candidates
 
 
 def metadata_bytes(issuer: str, server: IssuerServer) -> bytes:

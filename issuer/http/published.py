@@ -1,0 +1,100 @@
+"""Public documents answered on the event loop: the JWKS and the discovery metadata.
+
+Their bytes are computed once (the discovery document at start-up, the JWKS whenever the
+key set changes), so a request should cost no more than sending them. The only work that
+may block is learning whether the key set changed: ``KeyStore.current()`` re-reads
+``keys/`` every ``key_reload_interval`` and, after a rotation, parses the new PEMs (an
+RSA key takes ~26 ms). That call runs in a worker thread, and only when the JWKS answer
+was last checked more than ``recheck`` seconds ago; in between, requests are answered on
+the event loop from the prepared bytes, with no thread hop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from issuer.keystore import KeySet, KeyStore
+
+JSON = "application/json"
+# The JWKS trails the key store by at most this much more than key_reload_interval.
+MAX_RECHECK_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Document:
+    """A prepared public document: its bytes and the validator and caching headers."""
+
+    body: bytes
+    headers: dict[str, str]
+    etag: str | None = None
+
+    def response(self, if_none_match: str | None = None) -> Response:
+        """200 with the bytes, or 304 when ``If-None-Match`` names this ETag."""
+        if self.etag is not None and etag_matches(if_none_match, self.etag):
+            return Response(status_code=304, headers=self.headers)
+        return Response(self.body, media_type=JSON, headers=self.headers)
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """RFC 9110 §13.1.2 weak comparison against an ``If-None-Match`` header."""
+    if not header:
+        return False
+    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def jwks_document(key_set: KeySet, max_age: int) -> Document:
+    headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": key_set.etag}
+    return Document(key_set.jwks_bytes, headers, key_set.etag)
+
+
+class PublishedJwks:
+    """The JWKS document of the key set in force, re-checked at most every ``recheck`` s.
+
+    ``recheck`` is ``min(key_reload_interval, MAX_RECHECK_SECONDS)``: with a reload
+    interval of 0 every request asks the key store (as tests that rotate and look at
+    once need); with the default of 1 s, at most 20 requests a second take a thread hop,
+    and the JWKS trails ``keys/`` by at most 50 ms more than the key store does.
+    Concurrent requests that find the answer due may each ask; the key store's own lock
+    makes sure a changed key set is parsed once.
+    """
+
+    def __init__(
+        self,
+        keys: KeyStore,
+        max_age: int,
+        key_reload_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keys = keys
+        self._max_age = max_age
+        self._recheck = min(max(key_reload_interval, 0.0), MAX_RECHECK_SECONDS)
+        self._clock = clock
+        self._key_set: KeySet | None = None
+        self._document: Document | None = None
+        self._checked_at = float("-inf")
+
+    @property
+    def key_set(self) -> KeySet | None:
+        """The key set the current document was built from (None before the first)."""
+        return self._key_set
+
+    async def document(self) -> Document:
+        document = self._document
+        if document is not None and self._clock() - self._checked_at < self._recheck:
+            return document
+        asked_at = self._clock()
+        key_set = await run_in_threadpool(self._keys.current)
+        if asked_at < self._checked_at and self._document is not None:
+            return self._document  # a later question was answered first: keep its answer
+        if key_set is not self._key_set or self._document is None:
+            self._document = jwks_document(key_set, self._max_age)
+            self._key_set = key_set
+        # The time of asking, not of answering: the answer is at least that fresh.
+        self._checked_at = asked_at
+        return self._document

@@ -1,0 +1,140 @@
+"""The JWKS answered on the event loop from prepared bytes: the key store (which may
+re-read ``keys/`` and parse PEMs) is asked in a worker thread, and only when the last
+answer is older than ``min(key_reload_interval, 50 ms)``. The clock is injected."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from issuer.app import build_key_manager
+from issuer.http.published import MAX_RECHECK_SECONDS, PublishedJwks, etag_matches
+from issuer.keystore import DirectoryKeyStore, KeySet, KeyStore
+from issuer.settings import Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingKeys:
+    """A key store that records how often, and on which threads, it was asked."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+        self.threads: list[int] = []
+
+    def current(self) -> KeySet:
+        self.threads.append(threading.get_ident())
+        return self.keys.current()
+
+
+def es256_keys(make_settings) -> tuple[Settings, DirectoryKeyStore]:
+    """ES256 keys in a tmp keys/ and a store that re-reads them at every call."""
+    settings = make_settings(signing_alg="ES256", secret_key=None, key_reload_interval=0)
+    build_key_manager(settings).ensure()
+    return settings, DirectoryKeyStore(Path(settings.keys_dir), "ES256", reload_interval=0)
+
+
+def test_within_recheck_the_answer_comes_from_prepared_bytes_without_asking(
+    make_settings,
+) -> None:
+    _, store = es256_keys(make_settings)
+    keys, clock = CountingKeys(store), Clock()
+    published = PublishedJwks(keys, max_age=300, key_reload_interval=1.0, clock=clock)
+
+    async def scenario() -> None:
+        first = await published.document()
+        for _ in range(100):
+            assert await published.document() is first
+        assert len(keys.threads) == 1
+        # The one question ran in a worker thread, never on the event loop's thread.
+        assert keys.threads[0] != threading.get_ident()
+        clock.now += MAX_RECHECK_SECONDS + 0.001  # due again: asks, same key set, same document
+        assert await published.document() is first
+        assert len(keys.threads) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_rotation_is_published_at_the_next_recheck(make_settings) -> None:
+    settings, store = es256_keys(make_settings)
+    clock = Clock()
+    published = PublishedJwks(store, max_age=300, key_reload_interval=1.0, clock=clock)
+
+    async def scenario() -> None:
+        before = await published.document()
+        build_key_manager(settings).rotate(force=True)
+        assert await published.document() is before  # within the recheck interval
+        clock.now += MAX_RECHECK_SECONDS + 0.001
+        after = await published.document()
+        assert after.etag != before.etag
+        assert after.body == store.current().jwks_bytes
+        assert after.headers == {"Cache-Control": "public, max-age=300", "ETag": after.etag}
+
+    asyncio.run(scenario())
+
+
+def test_with_reload_interval_zero_every_request_asks(make_settings) -> None:
+    settings, store = es256_keys(make_settings)
+    keys = CountingKeys(store)
+    published = PublishedJwks(keys, max_age=300, key_reload_interval=0, clock=Clock())
+
+    async def scenario() -> None:
+        before = await published.document()
+        build_key_manager(settings).rotate(force=True)
+        assert (await published.document()).etag != before.etag
+        assert len(keys.threads) == 2
+
+    asyncio.run(scenario())
+
+
+def test_an_older_answer_arriving_late_never_replaces_a_newer_one(make_settings) -> None:
+    """Two requests find the answer due; the first one's key store call returns last."""
+    settings, store = es256_keys(make_settings)
+    old_set = store.current()
+    build_key_manager(settings).rotate(force=True)
+    new_set = store.current()
+    assert new_set.etag != old_set.etag
+    release_first = threading.Event()
+
+    class Racing:
+        calls = 0
+
+        def current(self) -> KeySet:
+            Racing.calls += 1
+            if Racing.calls == 1:  # asked first, answers last, with what it read then
+                assert release_first.wait(10)
+                return old_set
+            return new_set
+
+    clock = Clock()
+    published = PublishedJwks(Racing(), max_age=300, key_reload_interval=1.0, clock=clock)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(published.document())
+        while Racing.calls == 0:
+            await asyncio.sleep(0.001)
+        clock.now += 0.001
+        second = await published.document()
+        release_first.set()
+        assert second.etag == new_set.etag
+        assert (await first).etag == new_set.etag
+        assert (await published.document()).etag == new_set.etag
+
+    asyncio.run(scenario())
+
+
+def test_etag_matching_follows_if_none_match() -> None:
+    assert etag_matches('"a"', '"a"')
+    assert etag_matches('W/"a"', '"a"')
+    assert etag_matches('"b", "a"', '"a"')
+    assert etag_matches("*", '"a"')
+    assert not etag_matches('"b"', '"a"')
+    assert not etag_matches(None, '"a"')
+    assert not etag_matches("", '"a"')
