@@ -43,7 +43,7 @@ bench: install
 	$(BIN)/python -m bench.run
 
 rotate-keys: install
-	$(BIN)/issuer keys rotate
+	$(BIN)/issuer keys rotate $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

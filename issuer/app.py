@@ -70,7 +70,11 @@ class StoreRevocations:
 
 
 def build_key_store(settings: Settings) -> KeyStore:
-    """The key source settings ask for; KeyStoreError if it has no signing key."""
+    """The key source settings ask for; KeyStoreError if it has no signing key.
+
+    A key set in ``keys_dir`` signs with its own algorithm (recorded in its manifest);
+    a different ``signing_alg`` setting is followed by nobody and said once, here.
+    """
     keys: KeyStore
     if settings.signing_alg == "HS256" and settings.secret_key is not None:
         keys = StaticKeyStore(settings.secret_key.reveal())
@@ -78,12 +82,45 @@ def build_key_store(settings: Settings) -> KeyStore:
         keys = DirectoryKeyStore(
             settings.keys_dir, settings.signing_alg, settings.key_reload_interval
         )
-    if keys.current().signing is None:
-        hint = "run `issuer init` (development) or `issuer keys rotate`"
-        if settings.signing_alg == "HS256":
-            hint += ", or set ISSUER_SECRET_KEY / ISSUER_SECRET_KEY_FILE"
-        raise KeyStoreError(f"no active {settings.signing_alg} key in {settings.keys_dir}: {hint}")
+    signing = keys.current().signing
+    if signing is None:
+        raise KeyStoreError(no_signing_key_message(settings))
+    note = key_set_alg_note(settings, signing.alg)
+    if note:
+        log.warning("%s", note)
     return keys
+
+
+def no_signing_key_message(settings: Settings) -> str:
+    """What is wrong when nothing signs, and the command (with its algorithm) that fixes it."""
+    alg = build_key_manager(settings).key_set_alg()
+    hint = f"run `issuer init` or `issuer keys rotate` (nothing signs: a {alg} key signs at once)"
+    if alg == "HS256":
+        hint += ", or set ISSUER_SECRET_KEY / ISSUER_SECRET_KEY_FILE"
+    return f"no active {alg} key in {settings.keys_dir}: {hint}"
+
+
+def key_set_alg_note(settings: Settings, key_set_alg: str) -> str | None:
+    """The line saying a configured ``signing_alg`` is not the key set's, which wins."""
+    if key_set_alg == settings.signing_alg:
+        return None
+    return (
+        f"the key set in {settings.keys_dir} signs with {key_set_alg}; signing_alg = "
+        f"{settings.signing_alg} only applies to a new key set. To switch, run "
+        f"`issuer keys rotate --alg {settings.signing_alg}` (staged: the next rotation "
+        f"activates it), or set signing_alg = {key_set_alg} to silence this"
+    )
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The database engine, its pool and every wait on it bounded by the settings."""
+    return make_engine(
+        settings.database_url,
+        settings.db_pool_size,
+        connect_timeout=settings.db_connect_timeout,
+        pool_timeout=settings.db_pool_timeout,
+        statement_timeout=settings.db_statement_timeout,
+    )
 
 
 def build_key_manager(settings: Settings, clock: Callable[[], float] = time.time) -> KeyManager:
@@ -133,7 +170,7 @@ class Components:
 
 
 def build_components(settings: Settings, *, clock: Callable[[], float] = time.time) -> Components:
-    engine = make_engine(settings.database_url, settings.db_pool_size)
+    engine = build_engine(settings)
     store = SqlStore(engine)
     users = load_user_store(settings, store)
     keys = build_key_store(settings)
@@ -259,7 +296,7 @@ def create_app(
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
-            parts.engine.dispose()
+            release_connections(parts)
             remove_listener(metrics.on_audit)
 
     # An issuer URL with a path (https://host/tenant) serves every endpoint under it.
@@ -318,6 +355,11 @@ def build_metrics(parts: Components) -> Metrics:
         metrics = Metrics([KeyCollector(parts.keys, None, None)])
     add_listener(metrics.on_audit)
     return metrics
+def release_connections(parts: Components) -> None:
+    """The last step of a graceful shutdown (requests in progress have finished, see
+    ``shutdown_timeout``): close the database pool and the Redis connections."""
+    parts.engine.dispose()
+    parts.limiter.close()
 
 
 def purge_expired_state(store: Store, now: int, leeway: int) -> tuple[int, int]:

@@ -27,15 +27,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from issuer.app import (
+    build_engine,
     build_key_manager,
     build_key_store,
+    key_set_alg_note,
     load_user_store,
     purge_expired_state,
 )
 from issuer.audit import audit_event
 from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
 from issuer.http.metrics import MULTIPROC_ENV
-from issuer.keystore import RotationResult
+from issuer.keystore import KNOWN_ALGS, KeyManager, RotationResult
 from issuer.logs import configure_logging, log_audit_to_stderr
 from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
 from issuer.passwords import PasswordHasher, password_strength_failures
@@ -45,7 +47,8 @@ from issuer.sessions import Sessions, audit_ended, user_fields
 from issuer.settings import Settings, load_settings
 from issuer.store import migrate
 from issuer.store.base import UserAdmin
-from issuer.store.sql import SqlStore, make_engine
+from issuer.store.diagnose import describe_database_error
+from issuer.store.sql import SqlStore
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
@@ -105,7 +108,7 @@ def _migrated_engine(settings: Settings) -> Engine:
         path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
         if path and path != ":memory:" and not Path(path).exists():
             raise UsageError(f"database not initialized ({path} does not exist): run `issuer init`")
-    engine = make_engine(url, settings.db_pool_size)
+    engine = build_engine(settings)
     current, head = migrate.current_revision(engine), migrate.head_revision()
     if current != head:
         engine.dispose()
@@ -226,6 +229,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         limit_concurrency=settings.http_limit_concurrency,
         request_timeout=settings.http_request_timeout,
         max_headers=settings.http_max_headers,
+        **graceful_shutdown(settings),
     )
     with metrics_directory(config.workers > 1):
         return 0 if serve(config) else 3
@@ -252,8 +256,16 @@ def metrics_directory(several_workers: bool) -> Iterator[None]:
             del os.environ[MULTIPROC_ENV]
 
 
+def graceful_shutdown(settings: Settings) -> dict[str, Any]:
+    """uvicorn's part of a graceful shutdown on SIGTERM: stop accepting, then give the
+    requests in progress ``shutdown_timeout`` seconds (each is one transaction, so a
+    refresh token rotation is committed with its answer or not at all); the app's
+    lifespan then closes pools and Redis (issuer.app.release_connections)."""
+    return {"timeout_graceful_shutdown": settings.shutdown_timeout}
+
+
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
-    engine = make_engine(settings.database_url, settings.db_pool_size)
+    engine = build_engine(settings)
     migrate.upgrade(engine)
     engine.dispose()
     print(
@@ -263,10 +275,13 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     if settings.signing_alg == "HS256" and settings.secret_key is not None:
         print("signing with the HS256 secret from the environment")
     else:
-        result = build_key_manager(settings).ensure()
+        manager = build_key_manager(settings)
+        result = manager.ensure()
+        alg = manager.key_set_alg()
         if result is None:
-            print(f"{settings.signing_alg} keys already present in {settings.keys_dir}/")
-        elif settings.signing_alg == "HS256":
+            print(f"{alg} keys already present in {settings.keys_dir}/")
+            _note_key_set_alg(settings, alg)
+        elif alg == "HS256":
             print(
                 "!! DEVELOPMENT: generated a new HS256 signing secret in "
                 f"{settings.keys_dir}/ (mode 0600).\n"
@@ -274,10 +289,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
                 "or manage keys/ with `issuer keys rotate`."
             )
         else:
-            print(
-                f"created {settings.signing_alg} keys in {settings.keys_dir}/: "
-                + ", ".join(result.created)
-            )
+            print(f"created {alg} keys in {settings.keys_dir}/: " + ", ".join(result.created))
     for path, mode in exposed_files(settings):
         fix = "700" if path.is_dir() else "600"
         print(
@@ -309,7 +321,7 @@ def exposed_files(settings: Settings) -> list[tuple[Path, int]]:
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    engine = make_engine(settings.database_url, settings.db_pool_size)
+    engine = build_engine(settings)
     before = migrate.current_revision(engine)
     migrate.upgrade(engine)
     after = migrate.current_revision(engine)
@@ -530,13 +542,26 @@ def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(result: RotationResult) -> None:
+def _report(result: RotationResult, manager: KeyManager) -> None:
     for kid in result.created:
         print(f"created  {kid}")
     if result.activated:
         print(f"active   {result.activated}")
     for kid in result.retired:
         print(f"removed  {kid}")
+    print(f"signing  {result.signing_alg}")
+    staged = result.staged
+    if staged is not None:
+        print(
+            f"staged   {staged.alg} key {staged.kid}: published, not signing; the first "
+            f"`issuer keys rotate` after {manager.lead_time(staged.alg)}s makes it active"
+        )
+
+
+def _note_key_set_alg(settings: Settings, key_set_alg: str) -> None:
+    note = key_set_alg_note(settings, key_set_alg)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _require_managed_keys(settings: Settings) -> None:
@@ -549,7 +574,11 @@ def _require_managed_keys(settings: Settings) -> None:
 
 def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
     _require_managed_keys(settings)
-    _report(build_key_manager(settings).rotate(force=args.force))
+    manager = build_key_manager(settings)
+    result = manager.rotate(force=args.force, alg=args.alg)
+    _report(result, manager)
+    if args.alg is None and result.staged is None:
+        _note_key_set_alg(settings, result.signing_alg)
     return 0
 
 
@@ -685,6 +714,12 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--force", action="store_true", help="promote the next key even if published recently"
     )
+    rotate.add_argument(
+        "--alg",
+        choices=KNOWN_ALGS,
+        help="switch the key set to this algorithm, staged: publish a next key of it now; "
+        "the next rotation after the lead time activates it (default: keep the key set's)",
+    )
     rotate.set_defaults(func=cmd_keys_rotate, audited=True)
     keys.add_parser("list").set_defaults(func=cmd_keys_list)
     krv = keys.add_parser("revoke", help="remove a key at once (after a leak)")
@@ -695,8 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_kid_is_not_an_option(argv))
+    database_url = ""
     try:
         settings = load_settings()
+        database_url = settings.database_url
         if getattr(args, "audited", False):
             log_audit_to_stderr(settings.log_format)
         return int(args.func(settings, args))
@@ -705,10 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, IssuerError) as exc:
         _fail(str(exc))
     except OperationalError as exc:
-        _fail(
-            f"database error ({exc.orig.__class__.__name__}); is it reachable and initialized? "
-            "run `issuer init`"
-        )
+        _fail(describe_database_error(exc, database_url))
     except SQLAlchemyError as exc:
         # Never the statement or its parameters: they may hold usernames or hashes.
         _fail(f"database error ({exc.__class__.__name__})")

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import limits
+import redis
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -142,6 +143,13 @@ class LoginLimiter:
         self._last_warning: float | None = None
 
     # -- the three steps of a login ---------------------------------------------------
+
+    def close(self) -> None:
+        """Close the storage's connections (Redis); a memory storage holds none."""
+        if isinstance(self.storage, RedisStorage):
+            client = self.storage.get_connection()
+            if isinstance(client, redis.Redis):
+                client.close()
 
     def admit(self, username: str, address: str) -> Admission:
         """Take a place in every budget that applies, atomically each, before any bcrypt.

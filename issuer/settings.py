@@ -72,6 +72,9 @@ class Settings:
     jwks_max_age: int = 300
     key_reload_interval: float = 1.0
     db_pool_size: int = 5
+    db_connect_timeout: int = 5
+    db_pool_timeout: int = 10
+    db_statement_timeout: int = 30
     purge_interval: int = 3600
     login_failures_per_user_address: str = "5/minute"
     login_failures_per_address: str = "30/minute"
@@ -89,6 +92,7 @@ class Settings:
     http_request_timeout: float = 10.0
     http_keep_alive_timeout: int = 5
     http_limit_concurrency: int = 256
+    shutdown_timeout: int = 30
     secret_key: Secret | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -320,6 +324,9 @@ def _validate(s: Settings) -> list[str]:
         ("leeway", 0, 300),
         ("jwks_max_age", 0, 86400),
         ("db_pool_size", 1, 100),
+        ("db_connect_timeout", 1, 300),
+        ("db_pool_timeout", 1, 300),
+        ("db_statement_timeout", 0, 3600),
         ("purge_interval", 0, 7 * 86400),
         ("port", 1, 65535),
         ("workers", 1, 64),
@@ -328,6 +335,7 @@ def _validate(s: Settings) -> list[str]:
         ("http_max_headers", 10, 1000),
         ("http_keep_alive_timeout", 1, 300),
         ("http_limit_concurrency", 1, 100_000),
+        ("shutdown_timeout", 1, 600),
     ):
         value = getattr(s, name)
         if not low <= value <= high:

@@ -34,7 +34,6 @@ from joserfc.errors import JoseError
 from issuer import jwtrules
 from issuer.errors import (
     BadSignatureError,
-    KeyStoreError,
     RevokedTokenError,
     UnknownUserError,
     WrongTokenTypeError,
@@ -163,9 +162,7 @@ class TokenService:
         return self._sign(claims, typ)
 
     def _sign(self, claims: dict[str, Any], typ: str) -> str:
-        signing = self.keys.current().signing
-        if signing is None:
-            raise KeyStoreError("no active signing key: run `issuer keys rotate`")
+        signing = self.keys.current().require_signing()
         # Always an explicit key and kid: joserfc picks a random key from a KeySet otherwise.
         header = {"alg": signing.alg, "kid": signing.kid, "typ": typ}
         return jwt.encode(header, claims, signing.key, registry=_registry(signing.alg))

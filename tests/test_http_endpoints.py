@@ -615,6 +615,10 @@ def test_readyz_is_503_when_postgresql_is_unreachable(make_settings):
     assert ready.json() == {
         "status": "not ready",
         "checks": {"database": False, "signing_key": True},
+        "reasons": {
+            "database": "the database is unreachable or not initialized: check database_url, "
+            "then run `issuer db upgrade`"
+        },
     }
     assert alive.status_code == 200
 

@@ -85,7 +85,9 @@ def test_running_store_picks_up_a_rotation_and_parses_only_the_new_key(
 def test_running_store_sees_changes_only_after_its_reload_interval(manager, clock, es256):
     first = manager.ensure()
     assert first is not None
-    keys = DirectoryKeyStore(es256.keys_dir, "ES256", reload_interval=5, clock=clock)
+    keys = DirectoryKeyStore(
+        es256.keys_dir, "ES256", reload_interval=5, clock=clock, monotonic=clock
+    )
     old = keys.current()
     result = manager.rotate(force=True)
     clock.advance(4.9)
@@ -96,7 +98,9 @@ def test_running_store_sees_changes_only_after_its_reload_interval(manager, cloc
 
 def test_retired_key_stops_verifying_at_its_retire_time_without_a_rotation(manager, clock, es256):
     manager.ensure()
-    keys = DirectoryKeyStore(es256.keys_dir, "ES256", reload_interval=3600, clock=clock)
+    keys = DirectoryKeyStore(
+        es256.keys_dir, "ES256", reload_interval=3600, clock=clock, monotonic=clock
+    )
     tokens = token_service(keys, clock)
     old_token, _ = tokens.create_access_token({"sub": "u1"}, expires_in=10**7)
     clock.advance(manager.lead_time("ES256"))

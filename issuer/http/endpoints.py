@@ -63,6 +63,8 @@ class Endpoints:
     key_reload_interval: float = 0.0  # 0: the JWKS handler asks the key store every time
     _jwks: PublishedJwks = field(init=False, repr=False)
     _discovery: Document = field(init=False, repr=False)
+    # The key set's (signing alg, algorithms) the discovery document was built for.
+    _discovery_algorithms: tuple[str, frozenset[str]] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._jwks = PublishedJwks(self.keys, self.jwks_max_age, self.key_reload_interval)
@@ -107,6 +109,8 @@ class Endpoints:
         )
         try:
             result = await run_in_threadpool(call, http_request)
+        except KeyStoreError as exc:
+            return _keys_unavailable(exc)
         except Exception:
             unavailable = await self._storage_unavailable()
             if unavailable is None:
@@ -122,15 +126,13 @@ class Endpoints:
         """
         if await run_in_threadpool(self.store.ping):
             return None
-        log.warning("database unreachable: answering 503")
+        log.warning(
+            "database unreachable or not initialized: answering 503; check database_url "
+            "and that the database is up, then run `issuer db upgrade` if it is new"
+        )
         if self.on_database_error is not None:
             self.on_database_error()
-        return error_response(
-            "temporarily_unavailable",
-            "The service is temporarily unavailable; retry later.",
-            503,
-            {"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return _unavailable()
 
     async def userinfo(self, request: Request) -> Response:
         """OIDC Core §5.3 UserInfo, RFC 6750-protected: the user behind an ``openid`` token.
@@ -191,6 +193,18 @@ class Endpoints:
         return document.response(request.headers.get("if-none-match"))
 
     async def discovery(self, request: Request) -> Response:
+        # The document names the key set's algorithms: rebuilt when they change (an
+        # algorithm switch; rare), never while nothing signs (the last one stays). The
+        # key set comes from the JWKS publisher, so this stays on the event loop.
+        await self._jwks.document()
+        key_set = self._jwks.key_set
+        if key_set is not None and key_set.signing is not None:
+            algorithms = (key_set.signing_alg, key_set.algorithms)
+            if algorithms != self._discovery_algorithms:
+                self._discovery = Document(
+                    metadata_bytes(self.issuer_url, self.server), self._discovery.headers
+                )
+                self._discovery_algorithms = algorithms
         return self._discovery.response()
 
     async def healthz(self, request: Request) -> Response:
@@ -207,20 +221,44 @@ class Endpoints:
         return _HEALTHY
 
     async def readyz(self, request: Request) -> Response:
-        checks = await run_in_threadpool(self._readiness)
+        reasons = await run_in_threadpool(self._readiness)
+        checks = {name: reason is None for name, reason in reasons.items()}
         ready = all(checks.values())
-        return json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            200 if ready else 503,
-            {"Cache-Control": "no-store"},
-        )
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if not ready:
+            body["reasons"] = {name: reason for name, reason in reasons.items() if reason}
+        return json_response(body, 200 if ready else 503, {"Cache-Control": "no-store"})
 
-    def _readiness(self) -> dict[str, bool]:
+    def _readiness(self) -> dict[str, str | None]:
+        """Each check's problem, with what fixes it; None when it passes."""
         try:
-            keys_ok = self.keys.current().signing is not None
-        except KeyStoreError:
-            keys_ok = False
-        return {"database": self.store.ping(), "signing_key": keys_ok}
+            self.keys.current().require_signing()
+            keys_problem = None
+        except KeyStoreError as exc:
+            keys_problem = str(exc)
+        database_problem = None
+        if not self.store.ping():
+            database_problem = (
+                "the database is unreachable or not initialized: check database_url, "
+                "then run `issuer db upgrade`"
+            )
+        return {"database": database_problem, "signing_key": keys_problem}
+
+
+def _unavailable() -> Response:
+    """503 ``temporarily_unavailable`` with ``Retry-After``: server-side trouble is not
+    the client's fault nor a bug, and clients and load balancers know to come back."""
+    return error_response(
+        "temporarily_unavailable",
+        "The service is temporarily unavailable; retry later.",
+        503,
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def _keys_unavailable(exc: KeyStoreError) -> Response:
+    log.error("cannot sign tokens, answering 503: %s", exc)
+    return _unavailable()
 
 
 def metadata_bytes(issuer: str, server: IssuerServer) -> bytes:

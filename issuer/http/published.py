@@ -96,6 +96,11 @@ class PublishedJwks:
         self._document: Document | None = None
         self._checked_at = float("-inf")
 
+    @property
+    def key_set(self) -> KeySet | None:
+        """The key set the current document was built from (None before the first)."""
+        return self._key_set
+
     async def document(self) -> Document:
         document = self._document
         if document is not None and self._clock() - self._checked_at < self._recheck:

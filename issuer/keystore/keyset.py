@@ -44,6 +44,17 @@ class KeySet:
     etag: str
     valid_until: float = float("inf")
     algorithms: frozenset[str] = field(default_factory=frozenset)
+    signing_alg: str = ""
+
+    def require_signing(self) -> LoadedKey:
+        """The signing key; KeyStoreError naming the fix (with the algorithm) if none."""
+        if self.signing is None:
+            alg = self.signing_alg
+            raise KeyStoreError(
+                f"no active {alg} signing key: run `issuer keys rotate` "
+                f"(with nothing signing, a {alg} key signs at once)"
+            )
+        return self.signing
 
     def verification_key(self, kid: str, now: float) -> LoadedKey | None:
         """The key that may verify a token with this ``kid`` at ``now``, if any."""
@@ -80,6 +91,7 @@ def build_key_set(keys: list[LoadedKey], signing_alg: str) -> KeySet:
         etag='"' + hashlib.sha256(jwks_bytes).hexdigest()[:32] + '"',
         valid_until=min(retire_times, default=float("inf")),
         algorithms=frozenset(k.alg for k in keys),
+        signing_alg=signing_alg,
     )
 
 

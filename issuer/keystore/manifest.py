@@ -1,5 +1,10 @@
-"""The manifest: ``keys/manifest.json``, one record per key with its algorithm, state and
-timestamps. Only :mod:`issuer.keystore.rotation` writes it; anyone may read it.
+"""The manifest: ``keys/manifest.json``, the key set's signing algorithm and one record
+per key with its algorithm, state and timestamps. Only :mod:`issuer.keystore.rotation`
+writes it; anyone may read it.
+
+The key set owns its algorithm: ``signing_alg`` in the manifest, not the setting of the
+same name, says which active key signs (the setting only chooses the algorithm of a new
+key set). A manifest written before it was recorded gets it from its active keys.
 
 A manifest that breaks an invariant every writer keeps (one active and one next key per
 algorithm, unique kids and files, plain file names) is refused as a whole.
@@ -94,10 +99,31 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else _int(value)
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """The whole manifest: its records and the algorithm the key set signs with."""
+
+    records: list[KeyRecord]
+    signing_alg: str | None
+
+    def alg_or(self, default: str) -> str:
+        """The key set's algorithm; ``default`` (the setting) for a key set not created yet."""
+        return self.signing_alg or default
+
+
 def read_manifest(keys_dir: Path) -> list[KeyRecord]:
     """The manifest's records; an empty list when there is no manifest yet."""
+    return load_manifest(keys_dir).records
+
+
+def load_manifest(keys_dir: Path) -> Manifest:
+    """The manifest; no records and no algorithm when there is none yet."""
     raw = read_manifest_bytes(keys_dir)
-    return [] if raw is None else parse_manifest(raw, keys_dir / MANIFEST_NAME)
+    return (
+        Manifest([], None)
+        if raw is None
+        else parse_manifest_document(raw, keys_dir / MANIFEST_NAME)
+    )
 
 
 def read_manifest_bytes(keys_dir: Path) -> bytes | None:
@@ -113,6 +139,11 @@ def read_manifest_bytes(keys_dir: Path) -> bytes | None:
 
 def parse_manifest(raw: bytes, path: Path) -> list[KeyRecord]:
     """Records from manifest bytes, checked for the invariants every writer keeps."""
+    return parse_manifest_document(raw, path).records
+
+
+def parse_manifest_document(raw: bytes, path: Path) -> Manifest:
+    """The manifest from its bytes, checked for the invariants every writer keeps."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -132,10 +163,25 @@ def parse_manifest(raw: bytes, path: Path) -> list[KeyRecord]:
         crowded = [alg for alg, n in per_alg.items() if n > 1]
         if crowded:
             raise KeyStoreError(f"{path}: more than one {state.value} {crowded[0]} key")
-    return records
+    recorded = data.get("signing_alg")
+    if recorded is not None and recorded not in KNOWN_ALGS:
+        raise KeyStoreError(f"{path}: unsupported signing_alg {recorded!r}")
+    return Manifest(records, recorded if recorded is not None else _derived_alg(records))
 
 
-def manifest_bytes(records: list[KeyRecord]) -> bytes:
-    """The file form of ``records``, as the writer stores it."""
-    manifest = {"version": MANIFEST_VERSION, "keys": [r.to_json() for r in records]}
+def _derived_alg(records: list[KeyRecord]) -> str | None:
+    """For a manifest that predates ``signing_alg``: the alg of the latest active key."""
+    active = [r for r in records if r.state is KeyState.ACTIVE]
+    if not active:
+        return None
+    return max(active, key=lambda r: (r.activated_at or 0, r.created_at)).alg
+
+
+def manifest_bytes(records: list[KeyRecord], signing_alg: str) -> bytes:
+    """The file form of the manifest, as the writer stores it."""
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "signing_alg": signing_alg,
+        "keys": [r.to_json() for r in records],
+    }
     return json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"

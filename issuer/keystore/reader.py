@@ -28,7 +28,7 @@ from issuer.keystore.manifest import (
     Clock,
     KeyRecord,
     KeyState,
-    parse_manifest,
+    parse_manifest_document,
     read_manifest_bytes,
 )
 from issuer.keystore.material import check_key, deserialize_key
@@ -85,11 +85,17 @@ class DirectoryKeyStore:
         signing_alg: str,
         reload_interval: float = 1.0,
         clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
     ) -> None:
         self.keys_dir = keys_dir
+        # Only for a manifest that names no algorithm and has no active key to say it.
         self.signing_alg = signing_alg
         self.reload_interval = reload_interval
+        # Wall time only for what the manifest stores (retire_at); the reload interval
+        # runs on a monotonic clock, so a clock stepped back never postpones a reload
+        # (a revoked key would otherwise stay in force until the wall clock caught up).
         self._clock = clock
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str, str], Key] = {}
         self._manifest: bytes | None = None
@@ -100,21 +106,21 @@ class DirectoryKeyStore:
         self.on_reload: Callable[[str], None] | None = None
 
     def current(self) -> KeySet:
-        now = self._clock()
+        now, tick = self._clock(), self._monotonic()
         key_set = self._key_set
-        if key_set is not None and self._fresh(key_set, now):
+        if key_set is not None and self._fresh(key_set, now, tick):
             return key_set
         with self._lock:
-            return self._refresh(now)
+            return self._refresh(now, tick)
 
-    def _fresh(self, key_set: KeySet, now: float) -> bool:
-        return now - self._checked_at < self.reload_interval and now < key_set.valid_until
+    def _fresh(self, key_set: KeySet, now: float, tick: float) -> bool:
+        return tick - self._checked_at < self.reload_interval and now < key_set.valid_until
 
-    def _refresh(self, now: float) -> KeySet:
+    def _refresh(self, now: float, tick: float) -> KeySet:
         last_good = self._key_set
-        if last_good is not None and self._fresh(last_good, now):
+        if last_good is not None and self._fresh(last_good, now, tick):
             return last_good  # another thread refreshed while this one waited
-        self._checked_at = now
+        self._checked_at = tick
         attempt = 0
         while True:
             attempt += 1
@@ -162,7 +168,11 @@ class DirectoryKeyStore:
         self._rejected = marker
 
     def _build(self, raw: bytes | None, now: float) -> KeySet:
-        records = [] if raw is None else parse_manifest(raw, self.keys_dir / MANIFEST_NAME)
+        if raw is None:
+            records, signing_alg = [], self.signing_alg
+        else:
+            manifest = parse_manifest_document(raw, self.keys_dir / MANIFEST_NAME)
+            records, signing_alg = manifest.records, manifest.alg_or(self.signing_alg)
         loaded: list[LoadedKey] = []
         cache: dict[tuple[str, str, str], Key] = {}
         for record in records:
@@ -175,4 +185,4 @@ class DirectoryKeyStore:
             cache[cache_key] = key
             loaded.append(LoadedKey(record, key))
         self._cache = cache
-        return build_key_set(loaded, self.signing_alg)
+        return build_key_set(loaded, signing_alg)

@@ -7,7 +7,9 @@ Life of a key (each ``rotate`` moves every key one step)::
     not yet signing      that signs             accepted until every
                                                 token it signed expired
 
-The key that signs is the active key of the configured ``signing_alg``.
+The key that signs is the active key of the key set's algorithm, recorded in the
+manifest (``signing_alg``); the setting of that name only chooses the algorithm of a new
+key set, so a scheduled rotation can never switch algorithms by accident.
 
 Timing. A server sees a manifest change up to ``key_reload_interval`` later, and the
 manifest keeps whole seconds: together that is the *propagation* delay (rounded up, plus
@@ -17,9 +19,12 @@ plus propagation, so a verifier whose JWKS cache is fresh always knows the signi
 with it: they wait the propagation delay only). A demoted key stays accepted for the
 longest token lifetime plus leeway plus propagation, so every token it signed, refresh
 tokens included, expires before it goes. Rotating sooner is refused unless forced.
-Switching ``signing_alg`` activates a key of the new algorithm at once (nothing signed
-with it before, and servers restart to read the new setting); keys of the old one stay
-accepted as previous keys, and an old-algorithm next key, which never signed, is dropped.
+Switching algorithms is staged like any rotation: ``rotate(alg="ES256")`` replaces the
+next key (which never signed) with one of the new algorithm, published and not signing;
+the first rotation after its lead time makes it active and records the new algorithm,
+and the old algorithm's keys stay accepted as previous keys until their tokens expire.
+``force`` skips the lead time, for emergencies. When nothing signs at all (a new key set,
+or every active key removed by hand), the first key takes over at once.
 
 Writes are serialized by a file lock and crash-safe: key files are written and fsynced
 first, then the manifest is replaced by an atomic rename, then files of retired keys are
@@ -49,6 +54,8 @@ from issuer.keystore.manifest import (
     Clock,
     KeyRecord,
     KeyState,
+    Manifest,
+    load_manifest,
     manifest_bytes,
     read_manifest,
 )
@@ -86,7 +93,16 @@ class RotationResult:
     activated: str | None
     retired: list[str]
     records: list[KeyRecord]
+    signing_alg: str = ""
     demoted: list[str] = field(default_factory=list)  # stopped signing, still verify
+
+    @property
+    def staged(self) -> KeyRecord | None:
+        """A published next key of another algorithm than the one signing: a switch."""
+        return next(
+            (r for r in self.records if r.state is KeyState.NEXT and r.alg != self.signing_alg),
+            None,
+        )
 
     def audit(self, *, revoked: str | None = None) -> None:
         """The audit events of this change (``revoked``: the kid an operator revoked)."""
@@ -102,7 +118,10 @@ class RotationResult:
 
 
 class KeyManager:
-    """The write side of ``keys/``: create, rotate, revoke, all under one file lock."""
+    """The write side of ``keys/``: create, rotate, revoke, all under one file lock.
+
+    ``signing_alg`` is the algorithm of a new key set only; an existing one keeps its own.
+    """
 
     def __init__(
         self,
@@ -137,32 +156,42 @@ class KeyManager:
     def records(self) -> list[KeyRecord]:
         return read_manifest(self.keys_dir)
 
+    def key_set_alg(self) -> str:
+        """The algorithm the key set signs with (the configured one for a new key set)."""
+        return load_manifest(self.keys_dir).alg_or(self.signing_alg)
+
     def has_signing_key(self) -> bool:
-        return any(r.state is KeyState.ACTIVE and r.alg == self.signing_alg for r in self.records())
+        manifest = load_manifest(self.keys_dir)
+        return _signs(manifest.records, manifest.alg_or(self.signing_alg))
 
     # -- writing -------------------------------------------------------------
 
     def ensure(self) -> RotationResult | None:
-        """Create the first active (and next) key when there is none; None if nothing to do."""
+        """Create the first active (and next) key when nothing signs; None if nothing to do."""
         with self._locked():
-            records = read_manifest(self.keys_dir)
-            if any(r.state is KeyState.ACTIVE and r.alg == self.signing_alg for r in records):
+            manifest = load_manifest(self.keys_dir)
+            if _signs(manifest.records, manifest.alg_or(self.signing_alg)):
                 return None
-            result = self._rotate(records, force=True)
+            result = self._rotate(manifest, force=True, alg=None)
         result.audit()
         return result
 
-    def rotate(self, *, force: bool = False) -> RotationResult:
-        """Advance every key one state; see the module docstring for the timeline."""
+    def rotate(self, *, force: bool = False, alg: str | None = None) -> RotationResult:
+        """Advance every key one state, or with ``alg``, stage a switch to that algorithm;
+        see the module docstring for the timeline."""
+        if alg is not None and alg not in KNOWN_ALGS:
+            raise KeyStoreError(f"unsupported signing algorithm {alg!r}")
         with self._locked():
-            result = self._rotate(read_manifest(self.keys_dir), force=force)
+            result = self._rotate(load_manifest(self.keys_dir), force=force, alg=alg)
         result.audit()
         return result
 
     def revoke(self, kid: str) -> RotationResult:
         """Remove ``kid`` at once; if it was signing, the next key (or a new one) takes over."""
         with self._locked():
-            records = read_manifest(self.keys_dir)
+            manifest = load_manifest(self.keys_dir)
+            records = manifest.records
+            signing_alg = manifest.alg_or(self.signing_alg)
             target = next((r for r in records if r.kid == kid), None)
             if target is None:
                 raise UnknownKeyError(f"no key with kid {kid!r}")
@@ -188,42 +217,51 @@ class KeyManager:
                     else r
                     for r in kept
                 ]
-            if target.state is not KeyState.PREVIOUS and target.alg == self.signing_alg:
-                # Keep a published successor in line, so the next rotation has its lead.
-                created += self._add_next_key(kept, new_files, now)
-            self._commit(kept, new_files, [target.file])
-        result = RotationResult(created, activated, [kid], kept)
+            # Keep a published successor in line, so the next rotation has its lead
+            # (unless a switch to another algorithm is staged: its key is the successor).
+            staged = any(r.state is KeyState.NEXT and r.alg != signing_alg for r in kept)
+            if target.state is not KeyState.PREVIOUS and target.alg == signing_alg and not staged:
+                created += self._add_next_key(kept, new_files, now, signing_alg)
+            self._commit(kept, new_files, [target.file], signing_alg)
+        result = RotationResult(created, activated, [kid], kept, signing_alg)
         result.audit(revoked=kid)
         return result
 
-    def _rotate(self, records: list[KeyRecord], *, force: bool) -> RotationResult:
+    def _rotate(self, manifest: Manifest, *, force: bool, alg: str | None) -> RotationResult:
         now = int(self._clock())
-        alg = self.signing_alg
+        records = manifest.records
+        current = manifest.alg_or(self.signing_alg)
+        pending = next((r for r in records if r.state is KeyState.NEXT and r.alg != current), None)
+        # The algorithm the next key belongs to: the one asked for, else a staged switch's.
+        target = alg or (pending.alg if pending is not None else current)
         new_files: dict[str, bytes] = {}
-        # Expired previous keys go; so does a next key of another algorithm (after a
-        # switch of signing_alg), which never signed anything.
+        # Expired previous keys go; so does a next key of another algorithm than the
+        # target (a switch staged or called off), which never signed anything.
         gone = [
             r
             for r in records
             if (r.retire_at is not None and r.retire_at <= now)
-            or (r.state is KeyState.NEXT and r.alg != alg)
+            or (r.state is KeyState.NEXT and r.alg != target)
         ]
         kept = [r for r in records if r not in gone]
         active = [r for r in kept if r.state is KeyState.ACTIVE]
-        upcoming = next((r for r in kept if r.state is KeyState.NEXT and r.alg == alg), None)
-        created = self._add_next_key(kept, new_files, now) if upcoming is None else []
+        upcoming = next((r for r in kept if r.state is KeyState.NEXT and r.alg == target), None)
+        created = self._add_next_key(kept, new_files, now, target) if upcoming is None else []
         activated: str | None = None
         demoted: set[str] = set()
+        signing_alg = current
 
-        if not any(r.alg == alg for r in active):
-            # Nothing signs with this algorithm yet (first run, or a switch of
-            # signing_alg): its first key takes over at once, with a new one behind it.
-            upcoming = next(r for r in kept if r.state is KeyState.NEXT and r.alg == alg)
+        if not _signs(kept, current):
+            # Nothing signs (a new key set, or its active key removed by hand): the next
+            # key takes over at once, with another one behind it.
             force = True
+        if upcoming is None and force:
+            # An emergency (or nothing signs): even a key created just now takes over.
+            upcoming = next(r for r in kept if r.state is KeyState.NEXT and r.alg == target)
 
         if upcoming is not None:
             published_for = now - (upcoming.published_at or upcoming.created_at)
-            lead = self.lead_time(alg)
+            lead = self.lead_time(target)
             if not force and published_for < lead:
                 raise RotationTooSoonError(
                     f"next key {upcoming.kid} has been known for {published_for}s; it may "
@@ -241,16 +279,18 @@ class KeyManager:
                 for r in kept
             ]
             activated = upcoming.kid
-            created += self._add_next_key(kept, new_files, now)
+            signing_alg = target
+            created += self._add_next_key(kept, new_files, now, target)
 
-        self._commit(kept, new_files, [r.file for r in gone])
-        return RotationResult(created, activated, [r.kid for r in gone], kept, sorted(demoted))
+        self._commit(kept, new_files, [r.file for r in gone], signing_alg)
+        return RotationResult(
+            created, activated, [r.kid for r in gone], kept, signing_alg, sorted(demoted)
+        )
 
     def _add_next_key(
-        self, records: list[KeyRecord], new_files: dict[str, bytes], now: int
+        self, records: list[KeyRecord], new_files: dict[str, bytes], now: int, alg: str
     ) -> list[str]:
-        """Append a next key for ``signing_alg`` unless one is there; the kids created."""
-        alg = self.signing_alg
+        """Append a next key for ``alg`` unless one is there; the kids created."""
         if any(r.state is KeyState.NEXT and r.alg == alg for r in records):
             return []
         record, data = self._new_record(alg, KeyState.NEXT, now)
@@ -273,11 +313,15 @@ class KeyManager:
         return record, serialize_key(key)
 
     def _commit(
-        self, records: list[KeyRecord], new_files: dict[str, bytes], stale_files: list[str]
+        self,
+        records: list[KeyRecord],
+        new_files: dict[str, bytes],
+        stale_files: list[str],
+        signing_alg: str,
     ) -> None:
         for name, data in new_files.items():
             atomic_write(self.keys_dir / name, data)
-        atomic_write(self.keys_dir / MANIFEST_NAME, manifest_bytes(records))
+        atomic_write(self.keys_dir / MANIFEST_NAME, manifest_bytes(records, signing_alg))
         in_use = {r.file for r in records}
         # Besides this change's stale files: whatever an earlier crash left behind.
         # Only names this class writes; we hold the lock, so no write is in flight.
@@ -301,6 +345,11 @@ class KeyManager:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _signs(records: list[KeyRecord], alg: str) -> bool:
+    """Whether an active key of ``alg`` is there to sign."""
+    return any(r.state is KeyState.ACTIVE and r.alg == alg for r in records)
 
 
 def ensure_keys_dir(keys_dir: Path) -> None:

@@ -60,7 +60,7 @@ def discovery_document(
             {
                 **{name: endpoints[name] for name in OIDC_ENDPOINTS},
                 "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": [server.id_tokens.signing_alg],
+                "id_token_signing_alg_values_supported": server.id_tokens.signing_algs,
                 "claims_supported": list(dict.fromkeys(ID_TOKEN_CLAIMS + USERINFO_CLAIMS)),
                 "claims_parameter_supported": False,
                 "request_parameter_supported": False,

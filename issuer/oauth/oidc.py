@@ -20,7 +20,6 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
-from issuer.errors import KeyStoreError
 from issuer.models import Client, User
 from issuer.tokens import TokenService
 
@@ -55,10 +54,15 @@ class IdTokens:
     @property
     def signing_alg(self) -> str:
         """The ``alg`` of every ID token issued now (the discovery document says it)."""
-        signing = self.tokens.keys.current().signing
-        if signing is None:
-            raise KeyStoreError("no active signing key: run `issuer keys rotate`")
-        return signing.alg
+        return self.tokens.keys.current().require_signing().alg
+
+    @property
+    def signing_algs(self) -> list[str]:
+        """Every ``alg`` an ID token valid now may carry: the signing one first, then the
+        key set's other algorithms (during and after a switch, until their keys retire)."""
+        key_set = self.tokens.keys.current()
+        alg = key_set.require_signing().alg
+        return [alg, *sorted(key_set.algorithms - {alg})]
 
     def available_to(self, client: Client) -> bool:
         """Whether ``client`` can be given an ID token (a public one not under HS256)."""

@@ -73,8 +73,21 @@ _SQLITE_BEGIN = "issuer_sqlite_begin"
 _ONE_STATEMENT = "ONE-STATEMENT"
 
 
-def make_engine(database_url: str, pool_size: int = 5) -> Engine:
-    """An engine tuned for the issuer: see the comments for SQLite and PostgreSQL."""
+def make_engine(
+    database_url: str,
+    pool_size: int = 5,
+    *,
+    connect_timeout: int = 5,
+    pool_timeout: int = 10,
+    statement_timeout: int = 30,
+) -> Engine:
+    """An engine tuned for the issuer: see the comments for SQLite and PostgreSQL.
+
+    Every wait on the database is bounded (seconds): opening a PostgreSQL connection
+    (``connect_timeout``), getting one from the pool (``pool_timeout``) and one statement
+    (``statement_timeout``, 0 = none). A dead database then fails a request within
+    those bounds, answered 503, not after the operating system's TCP timeout.
+    """
     url = database_url
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -104,7 +117,15 @@ def make_engine(database_url: str, pool_size: int = 5) -> Engine:
         in_memory = not database or database == ":memory:" or "mode=memory" in url
         # A file database gets a pool sized like PostgreSQL's; an in-memory one keeps
         # SQLAlchemy's one-connection-per-thread pool, which takes no sizes.
-        sizes = {} if in_memory else {"pool_size": pool_size, "max_overflow": pool_size * 2}
+        sizes: dict[str, Any] = (
+            {}
+            if in_memory
+            else {
+                "pool_size": pool_size,
+                "max_overflow": pool_size * 2,
+                "pool_timeout": pool_timeout,
+            }
+        )
         engine = create_engine(
             url,
             hide_parameters=True,
@@ -121,13 +142,21 @@ def make_engine(database_url: str, pool_size: int = 5) -> Engine:
     # (which a server or role may set as default_transaction_isolation) the loser of a
     # race would instead fail with a serialization error, a 500. So pin the level.
     # hide_parameters: a failing statement's values (usernames, ids) stay out of logs.
+    connect_args: dict[str, Any] = {"connect_timeout": connect_timeout}
+    if statement_timeout:
+        # connect_args replace the URL's own ``options`` (e.g. a search_path): keep them.
+        given = make_url(url).query.get("options", "")
+        options = " ".join(given) if isinstance(given, tuple) else given
+        connect_args["options"] = f"{options} -c statement_timeout={statement_timeout * 1000}"
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_timeout=pool_timeout,
         pool_pre_ping=True,
         hide_parameters=True,
         isolation_level="READ COMMITTED",
+        connect_args=connect_args,
     )
 
 
@@ -615,9 +644,11 @@ class SqlStore:
         return int(result.rowcount)
 
     def ping(self) -> bool:
+        """Whether the database answers and holds the issuer's schema (a database that
+        was dropped, or an empty one, is as unusable as one that is down)."""
         try:
             with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+                conn.execute(text("SELECT version_num FROM alembic_version"))
         except SQLAlchemyError:
             return False
         return True
