@@ -355,6 +355,8 @@ def build_metrics(parts: Components) -> Metrics:
         metrics = Metrics([KeyCollector(parts.keys, None, None)])
     add_listener(metrics.on_audit)
     return metrics
+
+
 def release_connections(parts: Components) -> None:
     """The last step of a graceful shutdown (requests in progress have finished, see
     ``shutdown_timeout``): close the database pool and the Redis connections."""

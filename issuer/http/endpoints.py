@@ -193,19 +193,8 @@ class Endpoints:
         return document.response(request.headers.get("if-none-match"))
 
     async def discovery(self, request: Request) -> Response:
-        # The document names the key set's algorithms: rebuilt when they change (an
-        # algorithm switch; rare), never while nothing signs (the last one stays). The
-        # key set comes from the JWKS publisher, so this stays on the event loop.
-        await self._jwks.document()
-        key_set = self._jwks.key_set
-        if key_set is not None and key_set.signing is not None:
-            algorithms = (key_set.signing_alg, key_set.algorithms)
-            if algorithms != self._discovery_algorithms:
-                self._discovery = Document(
-                    metadata_bytes(self.issuer_url, self.server), self._discovery.headers
-                )
-                self._discovery_algorithms = algorithms
-        return self._discovery.response()
+        document = await self.discovery_document()
+        return document.response()
 
     async def healthz(self, request: Request) -> Response:
         return _HEALTHY.response()
@@ -215,6 +204,18 @@ class Endpoints:
         return await self._jwks.document()
 
     async def discovery_document(self) -> Document:
+        """The discovery document, which names the key set's algorithms: rebuilt when they
+        change (an algorithm switch; rare), never while nothing signs (the last one stays).
+        The key set comes from the JWKS publisher, so this stays on the event loop."""
+        await self._jwks.document()
+        key_set = self._jwks.key_set
+        if key_set is not None and key_set.signing is not None:
+            algorithms = (key_set.signing_alg, key_set.algorithms)
+            if algorithms != self._discovery_algorithms:
+                self._discovery = Document(
+                    metadata_bytes(self.issuer_url, self.server), self._discovery.headers
+                )
+                self._discovery_algorithms = algorithms
         return self._discovery
 
     async def healthz_document(self) -> Document:
