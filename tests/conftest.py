@@ -30,7 +30,8 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from starlette.testclient import TestClient
 
-from issuer.app import Components, build_components, create_app
+from issuer.app import create_app
+from issuer.compose import Components, build_components
 from issuer.models import AuthMethod, Client, Role, User, hash_client_secret
 from issuer.passwords import hash_password
 from issuer.settings import Settings, load_settings
@@ -190,7 +191,7 @@ def components(settings: Settings, migrated_sqlite_template: Path) -> Iterator[C
     migrate_database(settings.database_url, migrated_sqlite_template)
     parts = build_components(settings)
     yield parts
-    parts.engine.dispose()
+    parts.close()
 
 
 @pytest.fixture

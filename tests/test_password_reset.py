@@ -12,7 +12,8 @@ import bcrypt
 import pytest
 from starlette.testclient import TestClient
 
-from issuer.app import Components, build_components, create_app
+from issuer.app import create_app
+from issuer.compose import Components, build_components
 from issuer.errors import NotFoundError, PasswordPolicyError
 from issuer.resets import ResetTokenError
 from issuer.settings import Settings
@@ -54,7 +55,7 @@ def app(settings: Settings) -> Iterator[tuple[TestClient, Components, Clock]]:
     parts.webapp = ("webapp", add_client(parts.store, "webapp"))  # type: ignore[attr-defined]
     with TestClient(create_app(components=parts), base_url=settings.url) as client:
         yield client, parts, clock
-    parts.engine.dispose()
+    parts.close()
 
 
 @pytest.fixture
@@ -231,7 +232,7 @@ def test_failed_attempts_are_limited_per_address(
         bcrypt_calls.clear()
         failures = [reset(client, secrets.token_urlsafe(32)).status_code for _ in range(3)]
         blocked = reset(client, token)
-    parts.engine.dispose()
+    parts.close()
 
     assert failures == [400, 400, 400]
     assert blocked.status_code == 429 and blocked.json()["error"] == "too_many_requests"
@@ -297,7 +298,7 @@ def test_replicas_sharing_redis_share_the_reset_budget_under_its_own_namespace(
         assert reset(client_b, token).status_code == 429
         assert reset(other, token).status_code == 200
     for parts in (parts_a, parts_b, parts_c):
-        parts.engine.dispose()
+        parts.close()
 
     keys = redis_keys(redis_namespace)
     assert keys and all(k.startswith(f"{redis_namespace}:") for k in keys)
@@ -315,6 +316,6 @@ def test_resets_work_unlimited_when_the_rate_limit_storage_is_down(
     with client:
         assert reset(client, "forged").status_code == 400
         assert reset(client, token).status_code == 200
-    parts.engine.dispose()
+    parts.close()
 
     assert "password reset limits are NOT enforced" in caplog.text

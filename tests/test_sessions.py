@@ -23,7 +23,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from issuer.app import Components, build_components, create_app
+from issuer import tokens as tokens_module
+from issuer.app import create_app
+from issuer.compose import Components, build_components
 from issuer.dependencies import authenticate
 from issuer.errors import RevokedTokenError
 from issuer.models import Role
@@ -56,9 +58,11 @@ async def protected(request: Request) -> JSONResponse:
 
 
 @pytest.fixture
-def api() -> Iterator[TestClient]:
-    """An API guarded by issuer.dependencies (the service create_app installed)."""
-    with TestClient(Starlette(routes=[Route("/me", protected)])) as test_client:
+def api(components: Components) -> Iterator[TestClient]:
+    """An API guarded by issuer.dependencies, holding the issuer's token service."""
+    app = Starlette(routes=[Route("/me", protected)])
+    app.state.tokens = components.tokens
+    with TestClient(app) as test_client:
         yield test_client
 
 
@@ -115,17 +119,23 @@ class World:
 
 
 @pytest.fixture
-def world(client: TestClient, components: Components, api: TestClient) -> World:
+def world(client: TestClient, components: Components, api: TestClient) -> Iterator[World]:
     add_user(components.store, "alice")
     add_user(components.store, "bob")
-    return World(
-        client=client,
-        parts=components,
-        api=api,
-        webapp=("webapp", str(add_client(components.store, "webapp"))),
-        mobile=("mobile", str(add_client(components.store, "mobile"))),
-        resource_server=("api", str(add_client(components.store, "api", introspect=True))),
-    )
+    # The seed's functions (verify_token, decode_token) use the service an app installs
+    # explicitly, as app_factory does in every worker.
+    tokens_module.configure(components.tokens)
+    try:
+        yield World(
+            client=client,
+            parts=components,
+            api=api,
+            webapp=("webapp", str(add_client(components.store, "webapp"))),
+            mobile=("mobile", str(add_client(components.store, "mobile"))),
+            resource_server=("api", str(add_client(components.store, "api", introspect=True))),
+        )
+    finally:
+        tokens_module.configure(None)
 
 
 def sessions(world: World) -> Sessions:
@@ -299,8 +309,8 @@ def test_refreshing_every_day_never_outlives_the_absolute_lifetime(
         tokens = response.json()
         expiries = []
         for _ in range(12):
-            claims = decode_token(tokens["refresh_token"])
-            access = decode_token(tokens["access_token"])
+            claims = parts.tokens.decode(tokens["refresh_token"])
+            access = parts.tokens.decode(tokens["access_token"])
             assert claims["exp"] <= start + 10 * DAY and access["exp"] <= claims["exp"]
             expiries.append(claims["exp"])
             clock.now += DAY
@@ -312,7 +322,7 @@ def test_refreshing_every_day_never_outlives_the_absolute_lifetime(
             if response.status_code != 200:
                 break
             tokens = response.json()
-    parts.engine.dispose()
+    parts.close()
 
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
     assert expiries[0] == start + 7 * DAY  # the idle timeout, while it fits
@@ -354,7 +364,7 @@ def test_a_login_upgrades_a_cost_10_hash_to_12_and_failed_logins_never_do(
         again = client.post(TOKEN, data={**form, "password": PASSWORD}, auth=auth)
         assert again.status_code == 200
         assert parts.store.get_by_id(user.id).password_hash == upgraded  # type: ignore[union-attr]
-    parts.engine.dispose()
+    parts.close()
 
 
 # -- retry window --------------------------------------------------------------
@@ -370,9 +380,11 @@ def retrying(
     add_user(parts.store, "alice")
     webapp = ("webapp", str(add_client(parts.store, "webapp")))
     other = ("other", str(add_client(parts.store, "other")))
+    tokens_module.configure(parts.tokens)  # for decode_token, as app_factory installs it
     with client:
         yield client, parts, clock, webapp, other
-    parts.engine.dispose()
+    tokens_module.configure(None)
+    parts.close()
 
 
 def _login(client: TestClient, auth: tuple[str, str]) -> dict[str, Any]:
@@ -388,7 +400,7 @@ def _refresh(client: TestClient, token: str, auth: tuple[str, str]) -> Any:
 
 
 def usable_in_family(parts: Components, family: str) -> int:
-    with parts.engine.connect() as conn:
+    with parts.store.engine.connect() as conn:
         query = (
             select(func.count())
             .where(refresh_tokens.c.family_id == family)

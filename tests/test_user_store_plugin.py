@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, create_app
+from issuer.app import create_app
+from issuer.compose import build_components
 from issuer.errors import ConfigError
 from issuer.passwords import hash_password
 from issuer.store import migrate
@@ -72,7 +73,7 @@ def plugged(make_settings, users_file):
     parts = build_components(settings)
     with TestClient(create_app(components=parts), base_url=settings.url) as test_client:
         yield test_client, parts
-    parts.engine.dispose()
+    parts.close()
 
 
 def login(client, auth, username: str = "carol", password: str = PASSWORD):

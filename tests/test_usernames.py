@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from issuer.app import Components
+from issuer.compose import Components
 from issuer.errors import DuplicateError
 from issuer.models import Role
 from issuer.settings import Settings

@@ -32,7 +32,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -208,6 +207,10 @@ class SqlStore:
         # Every transaction that writes goes through this: BEGIN IMMEDIATE on SQLite.
         self._writer = writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
+
+    def close(self) -> None:
+        """Close the pooled connections (the end of a command, an app's shutdown)."""
+        self.engine.dispose()
 
     def _in_code_point_order(self, column: Any) -> Any:
         # PostgreSQL orders text by the database's locale (en_US sorts "bob" before
@@ -517,6 +520,10 @@ class SqlStore:
         # One upsert, so concurrent denials of one jti cannot collide; a second denial
         # can only extend the refusal (the later expiry wins), never shorten it.
         if self._postgres:
+            # Imported here: a PostgreSQL engine has loaded the dialect already, while on
+            # SQLite it would be most of a CLI command's start-up.
+            from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: PLC0415
+
             pg = pg_insert(revoked_access_tokens).values(jti=jti, expires_at=expires_at)
             statement: Any = pg.on_conflict_do_update(
                 index_elements=["jti"],
