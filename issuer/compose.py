@@ -163,6 +163,7 @@ def build_password_resets(
         limiter.strategy,
         settings.password_reset_failures_per_address,
         namespace,
+        storage_url=limiter.storage_url,
     )
     return PasswordResets(
         store, hasher, ttl=settings.password_reset_ttl, clock=clock, budget=budget
