@@ -202,6 +202,19 @@ def client(components: Components) -> Iterator[TestClient]:
         yield test_client
 
 
+TOKEN_PATH = "/oauth/token"
+
+
+def login(
+    http: Any, auth: Any, username: str = "alice", password: str = PASSWORD, **form: str
+) -> Any:
+    """The password grant through ``http`` (a TestClient or httpx client) with client
+    credentials ``auth`` (Basic, or None for a public client's form ``client_id``): the
+    response, whatever it is. The suite's one login helper."""
+    data = {"grant_type": "password", "username": username, "password": password, **form}
+    return http.post(TOKEN_PATH, data=data, auth=auth)
+
+
 def add_user(
     store: Any,
     username: str = "alice",

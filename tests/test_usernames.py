@@ -14,8 +14,7 @@ from issuer.compose import Components
 from issuer.errors import DuplicateError
 from issuer.models import Role
 from issuer.settings import Settings
-from issuer.tokens import decode_token
-from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import add_client, add_user, login
 
 TOKEN = "/oauth/token"
 VARIANTS = ["alice", "ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45", "\uff21LICE"]
@@ -29,11 +28,6 @@ def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settin
     return make_settings(**overrides)
 
 
-def login(client: TestClient, auth: Any, username: str, password: str = PASSWORD) -> Any:
-    data = {"grant_type": "password", "username": username, "password": password}
-    return client.post(TOKEN, data=data, auth=auth)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_case_and_width_variant_logs_in_as_the_one_user(
     client: TestClient, components: Components, variant: str
@@ -44,7 +38,7 @@ def test_every_case_and_width_variant_logs_in_as_the_one_user(
     answer = login(client, auth, variant)
 
     assert answer.status_code == 200, answer.text
-    claims = decode_token(answer.json()["access_token"])
+    claims = components.tokens.decode(answer.json()["access_token"])
     assert claims["sub"] == alice.id and claims["username"] == "alice"
 
 
