@@ -149,6 +149,10 @@ def _read_password(from_stdin: bool) -> str:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat password: ") != password:
             raise UsageError("the passwords do not match")
+    if not password:
+        # Most often a pipe that delivered nothing (`printf '' | …`, a missing file):
+        # that is not a password to judge against the strength rules.
+        raise UsageError("no password given" + (" on stdin" if from_stdin else ""))
     try:
         password.encode("utf-8")
     except UnicodeEncodeError:  # stdin decodes with surrogateescape: stray bytes end up here
@@ -192,7 +196,8 @@ def _ts(value: int | None) -> str:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # Only `serve` needs the web server; other commands start faster without it.
     from issuer.compose import build_key_store  # noqa: PLC0415
-    from issuer.http.protocol import PROTOCOL, ServerConfig, serve  # noqa: PLC0415
+    from issuer.http.protocol import PROTOCOL, ServerConfig  # noqa: PLC0415
+    from issuer.http.serving import serve  # noqa: PLC0415
 
     build_key_store(settings)  # fail fast, with a message, before any worker starts
     _store(settings, args)  # a migrated database, or a message before any worker starts

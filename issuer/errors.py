@@ -6,6 +6,7 @@ carries a short machine-readable ``code``::
     IssuerError
     ├── ConfigError              settings missing or invalid (names each setting)
     ├── KeyStoreError            key material missing, unreadable or inconsistent
+    ├── ListenError              ``issuer serve`` cannot listen on its host and port
     ├── StoreError               a storage rule was broken
     │   ├── DuplicateError       username / client id already taken
     │   ├── NotFoundError        no such user / client / key
@@ -52,6 +53,12 @@ class ConfigError(IssuerError):
 
 class KeyStoreError(IssuerError):
     code = "key_store_error"
+
+
+class ListenError(IssuerError):
+    """The server's socket could not be bound; the message says which option to change."""
+
+    code = "cannot_listen"
 
 
 class StoreError(IssuerError):

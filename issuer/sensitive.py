@@ -31,7 +31,7 @@ MIN_SECRET_ENTROPY_BITS = 128
 # 3-character repeat by chance; it costs such a secret a few bits, far from the threshold.
 _MIN_REPEAT = 3
 _REPEAT_CANDIDATES = 64
-_GENERATE_HINT = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
+_GENERATE_HINT = 'python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
 
 
 class Secret:

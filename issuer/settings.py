@@ -27,6 +27,15 @@ from issuer.sensitive import Secret, redact_url, secret_problem
 ENV_PREFIX = "ISSUER_"
 DEFAULT_CONFIG_PATH = Path("config/issuer.toml")
 SIGNING_ALGS = ("HS256", "RS256", "ES256", "EdDSA")
+# Settings with a fixed set of spellings: a value matching one of them ignoring case is
+# taken in that spelling (``rs256`` → ``RS256``); anything else is refused by _validate.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "signing_alg": SIGNING_ALGS,
+    "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+# Longer values are cut when an error message echoes them.
+_ECHO_MAX = 80
 SECRET_SETTINGS = ("secret_key", "secret_key_file")
 LOOPBACK_HOSTS = ("localhost",)
 RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
@@ -116,9 +125,13 @@ def load_settings(
     problems: list[str] = []
     values: dict[str, Any] = {}
 
+    # Where each value came from, so that an error names the place to fix it.
+    sources: dict[str, str] = {}
     config_path = Path(path) if path is not None else _config_path(env)
     if config_path is not None:
-        values.update(_read_toml(config_path, problems))
+        from_file = _read_toml(config_path, problems)
+        values.update(from_file)
+        sources.update(dict.fromkeys(from_file, str(config_path)))
 
     for name in _FIELDS:
         if name in SECRET_SETTINGS:
@@ -126,25 +139,59 @@ def load_settings(
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
             values[name] = raw
+            sources[name] = ENV_PREFIX + name.upper()
 
     settings_kwargs: dict[str, Any] = {}
     for name, raw in values.items():
         if name not in _FIELDS or name in SECRET_SETTINGS:
             continue
         try:
-            settings_kwargs[name] = _coerce(name, raw)
+            settings_kwargs[name] = _canonical(name, _coerce(name, raw))
         except ValueError as exc:
-            problems.append(f"{name}: {exc}")
+            problems.append(_with_source(f"{name}: {exc}", None, sources))
 
     secret = _read_secret(env, problems)
     if secret is not None:
         settings_kwargs["secret_key"] = Secret(secret)
 
     settings = dataclasses.replace(_DEFAULTS, **settings_kwargs)
-    problems.extend(_validate(settings))
+    problems.extend(_with_source(p, settings, sources) for p in _validate(settings))
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _canonical(name: str, value: Any) -> Any:
+    """``value`` in the spelling of the one choice it matches ignoring case, else unchanged."""
+    if name not in CHOICES or not isinstance(value, str):
+        return value
+    matches = [c for c in CHOICES[name] if c.casefold() == value.strip().casefold()]
+    return matches[0] if len(matches) == 1 else value
+
+
+def _with_source(problem: str, settings: Settings | None, sources: Mapping[str, str]) -> str:
+    """``problem`` ("<setting>: <what is wrong>") with the value given and where it came from.
+
+    The value is echoed only when the message does not already show it; secrets never
+    reach this function, and URLs are shown with their password redacted.
+    """
+    name = problem.partition(":")[0]
+    if name not in _FIELDS or name in SECRET_SETTINGS:
+        return problem
+    where = f"from {sources[name]}" if name in sources else "the default"
+    if settings is None or ", got " in problem:
+        return f"{problem} ({where})"
+    return f"{problem}, got {_echo(name, getattr(settings, name))} ({where})"
+
+
+def _echo(name: str, value: Any) -> str:
+    """A setting's value as an error message may show it: quoted, redacted, bounded."""
+    if name in ("url", "database_url", "rate_limit_storage"):
+        value = redact_url(value)
+    elif isinstance(value, tuple):
+        value = " ".join(value)
+    shown = repr(value if isinstance(value, (int, float)) else str(value))
+    return shown if len(shown) <= _ECHO_MAX else shown[: _ECHO_MAX - 1] + "…"
 
 
 def _config_path(env: Mapping[str, str]) -> Path | None:

@@ -366,6 +366,27 @@ def server_env(workdir: Path, **overrides: Any) -> dict[str, str]:
     return env
 
 
+def as_pasted_for(server: LiveServer, text: str) -> str:
+    """Documented commands or code made to run against ``server``: its URL for the
+    documented ``make run`` one, this test run's venv for ``.venv``."""
+    text = text.replace("http://127.0.0.1:8000", server.url)
+    return text.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+
+
+def run_pasted(script: str, server: LiveServer) -> subprocess.CompletedProcess[str]:
+    """Run shell lines as a reader pastes them (``bash -euo pipefail``) next to ``server``,
+    in its directory and environment (see :func:`as_pasted_for`)."""
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", as_pasted_for(server, script)],
+        cwd=server.workdir,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 NODE_DIR = Path(__file__).parent / "node"
 
 

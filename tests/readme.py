@@ -40,3 +40,11 @@ def code_blocks(section: str, language: str = "python") -> list[str]:
             level = depth
     assert level is not None, f"README has no section {section!r}"
     return blocks
+
+
+def readme_section(heading: str) -> str:
+    """The README's text from the ``## heading`` line to the next ``## `` heading."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]

@@ -27,6 +27,7 @@ from issuer.passwords import verify_password
 from issuer.store import migrate
 from issuer.store.sql import SqlStore, make_engine
 from tests.conftest import PASSWORD, free_port
+from tests.readme import readme_section
 
 EMPTY_TOML = Path(__file__).parent / "empty.toml"
 VENV_BIN = Path(sys.executable).parent
@@ -627,7 +628,6 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(ready, case):
         ("NoDigits-Here", ["a digit"]),
         ("N0Special1", ["a special character"]),
         ("Ä1!" + "ä" * 40, ["at most 72 bytes"]),
-        ("", ["at least 8 characters"]),
     ],
 )
 def test_weak_passwords_change_nothing_and_name_the_failed_rules(ready, password, rules):
@@ -670,6 +670,48 @@ def test_invalid_configuration_in_a_subprocess_too(cli):
     assert_refused(cli.run("init", signing_alg="XX"), "signing_alg")
     assert not cli.db_path.exists()
     assert not cli.keys_dir.exists()
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "\r\n"])
+def test_an_empty_password_on_stdin_is_no_password_given(ready, stdin):
+    before = ready.snapshot()
+    for command in (
+        ["users", "add", "bob", "--role", "viewer", "--password-stdin"],
+        ["users", "set-password", "alice", "--password-stdin"],
+    ):
+        result = ready.run(*command, stdin=stdin)
+        assert (result.code, result.out) == (2, "")
+        assert result.err == "issuer: error: no password given on stdin\n"
+        assert result.err.strip() in readme_section("Troubleshooting")
+    assert ready.snapshot() == before
+
+
+def test_an_invalid_setting_echoes_its_value_and_names_its_variable(cli):
+    result = cli.run("init", signing_alg="RS257")
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        "issuer: error: invalid configuration: signing_alg: must be one of "
+        "HS256, RS256, ES256, EdDSA, got 'RS257' (from ISSUER_SIGNING_ALG)\n"
+    )
+    assert not cli.db_path.exists()
+    assert result.err.strip() in readme_section("Troubleshooting")
+
+
+def test_an_invalid_setting_from_the_config_file_names_the_file(cli):
+    toml = cli.tmp_path / "issuer.toml"
+    toml.write_text('[issuer]\nsigning_alg = "RS257"\n', encoding="utf-8")
+    result = cli.run("init", config=str(toml))
+    assert (result.code, result.out) == (2, "")
+    assert result.err == (
+        "issuer: error: invalid configuration: signing_alg: must be one of "
+        f"HS256, RS256, ES256, EdDSA, got 'RS257' (from {toml})\n"
+    )
+
+
+def test_a_lowercase_signing_algorithm_is_accepted(cli):
+    result = cli.run("init", signing_alg="rs256", rsa_key_size="2048")
+    assert result.code == 0, result.err
+    assert "created RS256 keys" in result.out
 
 
 # -- serve refuses to start ----------------------------------------------------

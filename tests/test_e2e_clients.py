@@ -7,6 +7,8 @@ requests-oauthlib, Authlib and raw HTTP, and verified the way a resource server 
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 import secrets
 import subprocess
@@ -24,7 +26,13 @@ from oauthlib.oauth2 import InvalidClientError, InvalidGrantError, LegacyApplica
 from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth2Session
 
-from tests.conftest import LiveServer, server_env
+from tests.conftest import (
+    LiveServer,
+    as_pasted_for,
+    run_pasted,
+    server_env,
+)
+from tests.readme import code_blocks, readme_section
 
 pytestmark = pytest.mark.e2e
 
@@ -346,17 +354,9 @@ def test_quickstart_printed_commands_work_verbatim_with_curl(live_server_factory
         check=True,
     ).stdout
     lines = [line[3:] for line in printed.splitlines() if line.startswith("   ") and line.strip()]
-    script = "\n".join(lines).replace(".venv/bin/", f"{VENV_BIN}/")
+    script = "\n".join(lines)
     assert "curl" in script
-    shell = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=server.workdir,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    shell = run_pasted(script, server)
     assert shell.returncode == 0, shell.stderr
     token = httpx.Response(200, content=shell.stdout.strip().splitlines()[-1]).json()
     assert token["token_type"] == "Bearer"
@@ -364,3 +364,43 @@ def test_quickstart_printed_commands_work_verbatim_with_curl(live_server_factory
         server.url + "/userinfo", headers={"Authorization": "Bearer " + token["access_token"]}
     )
     assert me.json()["username"] == "alice"
+
+
+def test_the_readme_quickstart_and_client_snippets_run_as_written(live_server_factory):
+    """The README's curl quickstart pasted into a shell, then each Python client snippet
+    saved as a file and run from that shell, as the README says, against a live server."""
+    server = live_server_factory().start()
+    quickstart = readme_section("Quickstart")
+    (shell_block,) = code_blocks("Quickstart", "sh")
+    snippets = code_blocks("Quickstart", "python")
+    assert [("from requests_oauthlib" in s, "from authlib" in s) for s in snippets] == [
+        (True, False),
+        (False, True),
+    ]
+    runs = []
+    for number, snippet in enumerate(snippets):
+        (server.workdir / f"client{number}.py").write_text(
+            as_pasted_for(server, snippet), encoding="utf-8"
+        )
+        runs.append(
+            f'echo "-- client{number}"; SECRET="$SECRET" .venv/bin/python client{number}.py'
+        )
+    shell = run_pasted(shell_block + "\n" + "\n".join(runs), server)
+    assert shell.returncode == 0, shell.stderr
+    assert "Error" not in shell.stderr, shell.stderr
+
+    out, *clients = shell.stdout.split("\n-- client")
+    answers = [line for line in out.splitlines() if line.startswith("{")]
+    login, me, refreshed, reuse, after_reuse = (json.loads(a) for a in answers)
+    assert login["token_type"] == "Bearer"
+    assert me["username"] == "alice"
+    assert refreshed["refresh_token"] != login["refresh_token"]
+    assert reuse["error"] == "invalid_grant"
+    assert after_reuse["error"] == "invalid_token"  # reuse ended the whole session
+    # The README shows the two refusals' bodies verbatim.
+    assert json.dumps(reuse, separators=(",", ":")) in quickstart
+    assert json.dumps(after_reuse, separators=(",", ":")) in quickstart
+    assert len(clients) == 2
+    for printed in clients:
+        userinfo = ast.literal_eval(printed.split("\n", 1)[1].strip())
+        assert userinfo["username"] == "alice"

@@ -16,8 +16,11 @@ from issuer.compose import build_components
 from issuer.models import AuthMethod
 from issuer.store.schema import refresh_tokens
 from tests.conftest import PASSWORD, add_client, add_user
+from tests.readme import readme_section
 
 TOKEN = "/oauth/token"
+REVOKE = "/oauth/revoke"
+INTROSPECT = "/oauth/introspect"
 
 
 def password_form(username: str = "alice", password: str = PASSWORD, **extra: str) -> dict:
@@ -468,6 +471,40 @@ def test_parameters_in_the_query_string_are_invalid_request(
     response = client.post(TOKEN, params=query, data=form, auth=basic)
     assert_error(response, "invalid_request")
     assert refresh_count(components) == 0
+
+
+CREDENTIALS_IN_URL = (
+    "Credentials are not accepted in the URL (RFC 6749 sections 2.3.1 and 3.2): "
+    "send them in the application/x-www-form-urlencoded request body."
+)
+
+
+@pytest.mark.parametrize("where", ["password", "client_secret", "refresh_token"])
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "application/json", "text/plain", None]
+)
+@pytest.mark.usefixtures("alice")
+def test_credentials_in_the_query_string_are_refused_as_credentials_in_the_url(
+    client, components, basic, where, content_type
+):
+    """RFC 6749 §2.3.1, §3.2: said plainly, whatever the body (or none) looks like."""
+    form = password_form()
+    query = {where: form.pop(where, basic[1])}
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = "&".join(f"{k}={v}" for k, v in form.items()) if content_type else ""
+    response = client.post(TOKEN, params=query, content=body, headers=headers, auth=basic)
+    assert assert_error(response, "invalid_request")["error_description"] == CREDENTIALS_IN_URL
+    assert refresh_count(components) == 0
+    # Troubleshooting quotes it up to the colon.
+    assert CREDENTIALS_IN_URL.partition(": ")[0] in readme_section("Troubleshooting")
+
+
+@pytest.mark.parametrize("path", [REVOKE, INTROSPECT])
+def test_a_token_in_the_query_string_of_revoke_or_introspect_is_credentials_in_the_url(
+    client, basic, path
+):
+    response = client.post(path, params={"token": "x"}, auth=basic)
+    assert assert_error(response, "invalid_request")["error_description"] == CREDENTIALS_IN_URL
 
 
 def test_json_body_is_invalid_request(client, basic, alice):

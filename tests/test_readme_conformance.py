@@ -6,15 +6,10 @@ import ast
 import re
 from pathlib import Path
 
+from tests.readme import readme_section
+
 ROOT = Path(__file__).parent.parent
 REFERENCE = re.compile(r"`(test_[a-z0-9_]+\.py)::(test_[a-z0-9_]+)`")
-
-
-def conformance_section() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.index("## Conformance")
-    end = readme.index("\n## ", start + 1)
-    return readme[start:end]
 
 
 def functions_in(path: Path) -> set[str]:
@@ -23,7 +18,7 @@ def functions_in(path: Path) -> set[str]:
 
 
 def test_every_test_the_conformance_table_names_exists() -> None:
-    references = REFERENCE.findall(conformance_section())
+    references = REFERENCE.findall(readme_section("Conformance"))
     assert len(references) >= 40
     missing = [
         f"{file}::{name}"

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from issuer import tokens as tokens_module
+import issuer.tokens
 from issuer.app import create_app
 from issuer.compose import Components, build_components
 from issuer.dependencies import authenticate
@@ -55,6 +55,15 @@ def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settin
 async def protected(request: Request) -> JSONResponse:
     user = await authenticate(request)
     return JSONResponse({"sub": user.id})
+
+
+@pytest.fixture(autouse=True)
+def seed_functions(components: Components) -> Iterator[None]:
+    """The seed's module-level functions (decode_token, verify_token) over this test's
+    issuer: the documented shim an app installs explicitly."""
+    issuer.tokens.configure(components.tokens)
+    yield
+    issuer.tokens.configure(None)
 
 
 @pytest.fixture
@@ -119,23 +128,17 @@ class World:
 
 
 @pytest.fixture
-def world(client: TestClient, components: Components, api: TestClient) -> Iterator[World]:
+def world(client: TestClient, components: Components, api: TestClient) -> World:
     add_user(components.store, "alice")
     add_user(components.store, "bob")
-    # The seed's functions (verify_token, decode_token) use the service an app installs
-    # explicitly, as app_factory does in every worker.
-    tokens_module.configure(components.tokens)
-    try:
-        yield World(
-            client=client,
-            parts=components,
-            api=api,
-            webapp=("webapp", str(add_client(components.store, "webapp"))),
-            mobile=("mobile", str(add_client(components.store, "mobile"))),
-            resource_server=("api", str(add_client(components.store, "api", introspect=True))),
-        )
-    finally:
-        tokens_module.configure(None)
+    return World(
+        client=client,
+        parts=components,
+        api=api,
+        webapp=("webapp", str(add_client(components.store, "webapp"))),
+        mobile=("mobile", str(add_client(components.store, "mobile"))),
+        resource_server=("api", str(add_client(components.store, "api", introspect=True))),
+    )
 
 
 def sessions(world: World) -> Sessions:
@@ -380,10 +383,8 @@ def retrying(
     add_user(parts.store, "alice")
     webapp = ("webapp", str(add_client(parts.store, "webapp")))
     other = ("other", str(add_client(parts.store, "other")))
-    tokens_module.configure(parts.tokens)  # for decode_token, as app_factory installs it
     with client:
         yield client, parts, clock, webapp, other
-    tokens_module.configure(None)
     parts.close()
 
 

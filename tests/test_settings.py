@@ -295,7 +295,9 @@ def test_an_empty_scope_list_is_refused():
 
 def test_a_default_scope_outside_the_scopes_is_refused():
     problems = problems_of({"ISSUER_DEFAULT_SCOPE": "openid admin"})
-    assert problems == ["default_scope: not in scopes: admin"]
+    assert problems == [
+        "default_scope: not in scopes: admin, got 'openid admin' (from ISSUER_DEFAULT_SCOPE)"
+    ]
 
 
 # -- url -------------------------------------------------------------------------
@@ -361,10 +363,53 @@ def test_supported_signing_algorithms_are_accepted(alg):
     assert load({"ISSUER_SIGNING_ALG": alg}).signing_alg == alg
 
 
-@pytest.mark.parametrize("alg", ["none", "hs256", "HS512", "PS256", "Ed25519", ""])
-def test_other_signing_algorithms_are_refused_listing_the_choices(alg):
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [("rs256", "RS256"), ("hs256", "HS256"), ("Es256", "ES256"), ("eddsa", "EdDSA")],
+)
+def test_a_signing_algorithm_in_another_case_is_taken_in_its_canonical_spelling(
+    given, canonical, tmp_path
+):
+    assert load({"ISSUER_SIGNING_ALG": given}).signing_alg == canonical
+    from_file = load(toml=f'[issuer]\nsigning_alg = "{given}"\n', tmp_path=tmp_path)
+    assert from_file.signing_alg == canonical
+
+
+def test_log_format_and_level_are_case_insensitive():
+    settings = load({"ISSUER_LOG_FORMAT": "JSON", "ISSUER_LOG_LEVEL": "Debug"})
+    assert (settings.log_format, settings.log_level) == ("json", "debug")
+
+
+@pytest.mark.parametrize("alg", ["none", "HS512", "PS256", "Ed25519", ""])
+def test_other_signing_algorithms_are_refused_echoing_the_value_and_its_variable(alg):
     problems = problems_of({"ISSUER_SIGNING_ALG": alg})
-    assert problems == ["signing_alg: must be one of HS256, RS256, ES256, EdDSA"]
+    assert problems == [
+        "signing_alg: must be one of HS256, RS256, ES256, EdDSA, "
+        f"got {alg!r} (from ISSUER_SIGNING_ALG)"
+    ]
+
+
+def test_a_refused_value_from_the_config_file_names_the_file(tmp_path):
+    problems = problems_of(toml='[issuer]\nsigning_alg = "RS257"\n', tmp_path=tmp_path)
+    assert problems == [
+        "signing_alg: must be one of HS256, RS256, ES256, EdDSA, "
+        f"got 'RS257' (from {tmp_path / 'issuer.toml'})"
+    ]
+
+
+def test_a_refused_default_says_it_is_the_default():
+    problems = problems_of({"ISSUER_SCOPES": "read write"})
+    assert problems == [
+        "default_scope: not in scopes: openid profile, got 'openid profile' (the default)"
+    ]
+
+
+def test_an_echoed_url_never_shows_its_password():
+    problems = problems_of({"ISSUER_DATABASE_URL": "mysql://admin:hunter2@db/issuer"})
+    assert problems == [
+        "database_url: must be a sqlite:/// or postgresql:// URL, "
+        "got 'mysql://admin:***@db/issuer' (from ISSUER_DATABASE_URL)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -384,7 +429,9 @@ def test_numeric_ranges_accept_their_bounds_and_refuse_beyond(setting, low, high
     assert getattr(load({var: str(high)}), setting) == high
     for outside in (low - 1, high + 1):
         problems = problems_of({var: str(outside)})
-        assert problems == [f"{setting}: must be between {low} and {high}, got {outside}"]
+        assert problems == [
+            f"{setting}: must be between {low} and {high}, got {outside} (from {var})"
+        ]
 
 
 def test_other_enumerated_settings_are_checked():
@@ -461,6 +508,8 @@ def test_a_secret_under_32_bytes_is_refused():
     problems = problems_of({"ISSUER_SECRET_KEY": short})
     assert len(problems) == 1 and named(problems, "secret_key") and "31 bytes" in problems[0]
     assert short not in problems[0]
+    # The README says python3; so does the hint (python may be missing or Python 2).
+    assert 'python3 -c "import secrets; print(secrets.token_urlsafe(48))"' in problems[0]
 
 
 def test_a_weak_secret_from_the_file_is_refused_too(tmp_path):

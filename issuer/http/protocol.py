@@ -23,7 +23,6 @@ Concurrency is uvicorn's ``limit_concurrency``: past it, requests get 503.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import uvicorn
@@ -155,17 +154,3 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._request_timer is not None:
             self._request_timer.cancel()
             self._request_timer = None
-
-
-def serve(config: ServerConfig) -> bool:
-    """Run uvicorn with ``config`` (as ``uvicorn.run`` does, with our Config); False if
-    a single-process server failed to start."""
-    server = uvicorn.Server(config)
-    if config.workers > 1:
-        from uvicorn.supervisors import Multiprocess  # noqa: PLC0415 - only with workers
-
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-        return True
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
-    return bool(server.started)

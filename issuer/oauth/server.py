@@ -76,6 +76,9 @@ KNOWN_PARAMETERS = frozenset(
     }
 )
 
+# Secrets a client might put in the URL (where proxies, logs and browser history keep them).
+CREDENTIAL_PARAMETERS = frozenset({"password", "client_secret", "refresh_token", "token"})
+
 
 def silence_authlib_token_logging() -> None:
     """Authlib logs issued tokens at debug level ("Issue token %r to %r"): never let it emit."""
@@ -545,12 +548,18 @@ def check_form_request(request: HttpRequest) -> None:
     """RFC 6749 §3.2 / §2.3: form body only, each parameter once, one client auth method."""
     if request.method != "POST":
         raise InvalidRequestError("Use POST.")
-    if request.content_type.split(";")[0].strip().lower() != FORM_CONTENT_TYPE:
-        raise InvalidRequestError(f"The request body must be {FORM_CONTENT_TYPE}.")
+    # The query string first: credentials there are the mistake to name, whatever the body.
+    if any(name in CREDENTIAL_PARAMETERS for name, _ in request.query):
+        raise InvalidRequestError(
+            "Credentials are not accepted in the URL (RFC 6749 sections 2.3.1 and 3.2): "
+            f"send them in the {FORM_CONTENT_TYPE} request body."
+        )
     if request.query:
         raise InvalidRequestError(
             "Parameters must be sent in the request body, not in the query string."
         )
+    if request.content_type.split(";")[0].strip().lower() != FORM_CONTENT_TYPE:
+        raise InvalidRequestError(f"The request body must be {FORM_CONTENT_TYPE}.")
     seen: set[str] = set()
     for name, _ in request.form:
         if name in seen:
