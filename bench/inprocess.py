@@ -22,7 +22,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwt import JWTClaimsRegistry
 
 from issuer import tokens
-from issuer.app import build_key_manager, build_key_store
+from issuer.compose import build_key_manager, build_key_store
 from issuer.settings import load_settings
 
 BCRYPT_COST = 12

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import getpass
 import os
-import re
 import secrets
 import stat
 import sys
@@ -20,40 +19,38 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-
-from issuer.app import (
-    build_engine,
-    build_key_manager,
-    build_key_store,
-    key_set_alg_note,
-    load_user_store,
-    purge_expired_state,
-)
 from issuer.audit import audit_event
-from issuer.errors import ConfigError, IssuerError, ReadOnlyStoreError
-from issuer.http.metrics import MULTIPROC_ENV
-from issuer.keystore import KNOWN_ALGS, KeyManager, RotationResult
+from issuer.errors import ConfigError, IssuerError, NotMigratedError, ReadOnlyStoreError
 from issuer.logs import configure_logging, log_audit_to_stderr
-from issuer.models import GRANT_TYPES, AuthMethod, Client, Role, hash_client_secret
+from issuer.models import (
+    CLIENT_ID_RE,
+    CLIENT_NAME_MAX,
+    GRANT_TYPES,
+    USERNAME_RE,
+    AuthMethod,
+    Client,
+    Role,
+    hash_client_secret,
+)
 from issuer.passwords import PasswordHasher, password_strength_failures
-from issuer.resets import PasswordResets
 from issuer.sensitive import redact_url
 from issuer.sessions import Sessions, audit_ended, user_fields
-from issuer.settings import Settings, load_settings
-from issuer.store import migrate
-from issuer.store.base import UserAdmin
-from issuer.store.diagnose import describe_database_error
-from issuer.store.sql import SqlStore
+from issuer.settings import SIGNING_ALGS, Settings, load_settings
+from issuer.store.base import Store, UserAdmin
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
+if TYPE_CHECKING:
+    from issuer.keystore import KeyManager, RotationResult
+
+# Start-up time: `issuer --help` imports none of SQLAlchemy, Alembic, Authlib, joserfc or
+# Starlette. Commands import what they use, from the composition root (issuer.compose,
+# issuer.store.configured): the database commands SQLAlchemy, `init` and `db upgrade`
+# Alembic, the key commands joserfc, `serve` the web stack. bench/cli_startup.py measures
+# it; tests/test_cli_startup.py keeps it so.
+
+
 CLIENT_SECRET_BYTES = 32
-CLIENT_NAME_MAX = 200
 EXIT_USAGE = 2
 
 
@@ -98,52 +95,45 @@ class _RefusePassword(argparse.Action):
         )
 
 
-def _migrated_engine(settings: Settings) -> Engine:
-    """An engine on a database at the newest revision; UsageError (changing nothing) otherwise.
+def _store(settings: Settings, args: argparse.Namespace) -> Store:
+    """The issuer's store on a migrated database, closed when the command ends."""
+    from issuer.store.configured import open_migrated_store  # noqa: PLC0415 - start-up time
 
-    A missing SQLite file is reported rather than connected to: connecting would create it.
-    """
-    url = settings.database_url
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
-        if path and path != ":memory:" and not Path(path).exists():
-            raise UsageError(f"database not initialized ({path} does not exist): run `issuer init`")
-    engine = build_engine(settings)
-    current, head = migrate.current_revision(engine), migrate.head_revision()
-    if current != head:
-        engine.dispose()
-        if current is None:
-            raise UsageError("database not initialized: run `issuer init`")
-        raise UsageError(
-            f"the database is at revision {current}, expected {head}: run `issuer db upgrade`"
-        )
-    return engine
+    try:
+        store = open_migrated_store(settings)
+    except NotMigratedError as exc:
+        raise UsageError(str(exc)) from None
+    args.opened.callback(store.close)
+    return store
 
 
-def _store(settings: Settings) -> SqlStore:
-    return SqlStore(_migrated_engine(settings))
+def _users(settings: Settings, args: argparse.Namespace) -> tuple[Store, UserAdmin]:
+    """The issuer's store and the user store to manage (the same unless ``user_store`` is set)."""
+    from issuer.store.configured import load_user_store  # noqa: PLC0415 - start-up time
 
-
-def _user_admin(settings: Settings) -> UserAdmin:
-    store = _store(settings)
+    store = _store(settings, args)
     users = load_user_store(settings, store)
     if not isinstance(users, UserAdmin):
         raise ReadOnlyStoreError(
             f"the configured user store {settings.user_store!r} is read-only; manage users there"
         )
-    return users
+    return store, users
 
 
-def _sessions(settings: Settings) -> Sessions:
+def _user_admin(settings: Settings, args: argparse.Namespace) -> UserAdmin:
+    return _users(settings, args)[1]
+
+
+def _sessions(settings: Settings, args: argparse.Namespace) -> Sessions:
     """Security events on users: they need the issuer's own user store, because the change
     and the end of the user's sessions are one transaction there."""
-    users = _user_admin(settings)
-    if not isinstance(users, SqlStore):
+    store, users = _users(settings, args)
+    if users is not store:
         raise ReadOnlyStoreError(
             f"users come from {settings.user_store!r}; change them there, then end their "
             "sessions with `issuer users logout NAME`"
         )
-    return Sessions(users, time.time)
+    return Sessions(store, time.time)
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -206,11 +196,13 @@ def _ts(value: int | None) -> str:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # Only `serve` needs the web server; other commands start faster without it.
+    from issuer.compose import build_key_store  # noqa: PLC0415
     from issuer.http.protocol import PROTOCOL, ServerConfig  # noqa: PLC0415
     from issuer.http.serving import serve  # noqa: PLC0415
 
     build_key_store(settings)  # fail fast, with a message, before any worker starts
-    _migrated_engine(settings).dispose()
+    _store(settings, args)  # a migrated database, or a message before any worker starts
+    args.opened.close()  # and its connections closed while the server runs
     configure_logging(settings.log_level, settings.log_format)
     config = ServerConfig(
         "issuer.app:app_factory",
@@ -245,6 +237,8 @@ def metrics_directory(several_workers: bool) -> Iterator[None]:
     prometheus_client already, and keeps its counters in memory. An operator's own
     directory (the variable already set) is used as it is and kept.
     """
+    from issuer.http.metrics import MULTIPROC_ENV  # noqa: PLC0415 - only `serve` needs it
+
     if not several_workers or os.environ.get(MULTIPROC_ENV):
         yield
         return
@@ -260,14 +254,18 @@ def graceful_shutdown(settings: Settings) -> dict[str, Any]:
     """uvicorn's part of a graceful shutdown on SIGTERM: stop accepting, then give the
     requests in progress ``shutdown_timeout`` seconds (each is one transaction, so a
     refresh token rotation is committed with its answer or not at all); the app's
-    lifespan then closes pools and Redis (issuer.app.release_connections)."""
+    lifespan then closes pools and Redis (issuer.compose.Components.close)."""
     return {"timeout_graceful_shutdown": settings.shutdown_timeout}
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
-    engine = build_engine(settings)
-    migrate.upgrade(engine)
-    engine.dispose()
+    from issuer.compose import build_key_manager  # noqa: PLC0415 - start-up time
+    from issuer.store import migrate  # noqa: PLC0415 - start-up time
+    from issuer.store.configured import open_store  # noqa: PLC0415 - start-up time
+
+    store = open_store(settings)
+    args.opened.callback(store.close)
+    migrate.upgrade(store.engine)
     print(
         f"database ready at {redact_url(settings.database_url)} "
         f"(revision {migrate.head_revision()})"
@@ -302,11 +300,12 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 def exposed_files(settings: Settings) -> list[tuple[Path, int]]:
     """The SQLite files (bcrypt hashes) and key material that users other than the owner
     may access, with their modes."""
+    from issuer.store.configured import sqlite_path  # noqa: PLC0415 - start-up time
+
     paths: list[Path] = []
-    if settings.is_sqlite:
-        database = make_url(settings.database_url).database
-        if database and database != ":memory:":
-            paths += [Path(database + suffix) for suffix in ("", "-wal", "-shm")]
+    database = sqlite_path(settings)
+    if database is not None:
+        paths += [Path(f"{database}{suffix}") for suffix in ("", "-wal", "-shm")]
     if settings.keys_dir.is_dir():
         paths += [settings.keys_dir, *sorted(settings.keys_dir.iterdir())]
     exposed = []
@@ -321,19 +320,23 @@ def exposed_files(settings: Settings) -> list[tuple[Path, int]]:
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    engine = build_engine(settings)
-    before = migrate.current_revision(engine)
-    migrate.upgrade(engine)
-    after = migrate.current_revision(engine)
-    engine.dispose()
+    from issuer.store import migrate  # noqa: PLC0415 - start-up time
+    from issuer.store.configured import open_store  # noqa: PLC0415 - start-up time
+
+    store = open_store(settings)
+    args.opened.callback(store.close)
+    before = migrate.current_revision(store.engine)
+    migrate.upgrade(store.engine)
+    after = migrate.current_revision(store.engine)
     print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
     return 0
 
 
 def cmd_db_purge(settings: Settings, args: argparse.Namespace) -> int:
-    store = _store(settings)
+    from issuer.compose import purge_expired_state  # noqa: PLC0415 - start-up time
+
+    store = _store(settings, args)
     denied, refresh = purge_expired_state(store, int(time.time()), settings.leeway)
-    store.engine.dispose()
     print(f"purged {denied} expired denied access tokens and {refresh} expired refresh records")
     return 0
 
@@ -348,7 +351,7 @@ def _role(text: str) -> Role:
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
     username = _check_username(args.username)
     role = _role(args.role)
-    users = _user_admin(settings)
+    users = _user_admin(settings, args)
     if users.get_by_username(username) is not None:
         raise UsageError(f"user {username!r} already exists")
     password = _read_password(args.password_stdin)
@@ -359,7 +362,7 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
-    users = _user_admin(settings).list_users()
+    users = _user_admin(settings, args).list_users()
     print(f"{'USERNAME':<24} {'ROLE':<9} {'ACTIVE':<6} {'ID':<36} CREATED")
     for u in users:
         active = "yes" if u.is_active else "no"
@@ -372,21 +375,21 @@ def _ended(ended: Sequence[str]) -> str:
 
 
 def cmd_users_enable(settings: Settings, args: argparse.Namespace) -> int:
-    user = _user_admin(settings).set_active(_check_username(args.username), True)
+    user = _user_admin(settings, args).set_active(_check_username(args.username), True)
     audit_event("user.enabled", **user_fields(user))
     print(f"enabled user {user.username}")
     return 0
 
 
 def cmd_users_disable(settings: Settings, args: argparse.Namespace) -> int:
-    user, ended = _sessions(settings).disable(_check_username(args.username))
+    user, ended = _sessions(settings, args).disable(_check_username(args.username))
     print(f"disabled user {user.username}; {_ended(ended)}")
     return 0
 
 
 def cmd_users_set_password(settings: Settings, args: argparse.Namespace) -> int:
     username = _check_username(args.username)
-    sessions = _sessions(settings)
+    sessions = _sessions(settings, args)
     if sessions.store.get_by_username(username) is None:
         raise UsageError(f"no user {username!r}")
     password = _read_password(args.password_stdin)
@@ -399,33 +402,37 @@ def cmd_users_set_password(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_users_set_role(settings: Settings, args: argparse.Namespace) -> int:
     username = _check_username(args.username)
     role = _role(args.role)
-    user, ended = _sessions(settings).set_role(username, role)
+    user, ended = _sessions(settings, args).set_role(username, role)
     print(f"role of {user.username} set to {role.value}; {_ended(ended)}")
     return 0
 
 
 def cmd_users_remove(settings: Settings, args: argparse.Namespace) -> int:
-    user, ended = _sessions(settings).remove(_check_username(args.username))
+    user, ended = _sessions(settings, args).remove(_check_username(args.username))
     print(f"removed user {user.username}; {_ended(ended)}")
     return 0
 
 
-def _session_reader(settings: Settings) -> Sessions:
+def _session_reader(settings: Settings, args: argparse.Namespace) -> Sessions:
     """Sessions of users from whichever user store is configured (logout, listing)."""
-    store = _store(settings)
+    from issuer.store.configured import load_user_store  # noqa: PLC0415 - start-up time
+
+    store = _store(settings, args)
     return Sessions(store, time.time, load_user_store(settings, store))
 
 
 def cmd_users_logout(settings: Settings, args: argparse.Namespace) -> int:
-    user, ended = _session_reader(settings).logout(_check_username(args.username))
+    user, ended = _session_reader(settings, args).logout(_check_username(args.username))
     print(f"logged out {user.username}; {_ended(ended)}")
     return 0
 
 
 def cmd_users_reset_token(settings: Settings, args: argparse.Namespace) -> int:
+    from issuer.resets import PasswordResets  # noqa: PLC0415 - start-up time (limits)
+
     username = _check_username(args.username)
     resets = PasswordResets(
-        _sessions(settings).store,
+        _sessions(settings, args).store,
         PasswordHasher(settings.bcrypt_rounds),
         ttl=settings.password_reset_ttl,
     )
@@ -434,7 +441,7 @@ def cmd_users_reset_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_list(settings: Settings, args: argparse.Namespace) -> int:
-    _, found = _session_reader(settings).sessions_of(_check_username(args.username))
+    _, found = _session_reader(settings, args).sessions_of(_check_username(args.username))
     print(f"{'SESSION':<32} {'CLIENT':<24} {'CREATED':<21} {'LAST REFRESHED':<21} EXPIRES")
     for s in found:
         print(
@@ -481,7 +488,7 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
         created_at=int(time.time()),
         may_introspect=args.introspect,
     )
-    _store(settings).add_client(client)
+    _store(settings, args).add_client(client)
     audit_event(
         "client.created",
         client_id=client.client_id,
@@ -500,7 +507,7 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_clients_list(settings: Settings, args: argparse.Namespace) -> int:
-    found = _store(settings).list_clients()  # before the header: an error prints nothing
+    found = _store(settings, args).list_clients()  # before the header: an error prints nothing
     print(f"{'CLIENT_ID':<24} {'AUTH':<20} {'GRANTS':<24} {'SCOPES':<24} INTROSPECT CREATED")
     for c in found:
         scopes = " ".join(c.scopes) or "(all)"
@@ -515,7 +522,7 @@ def cmd_clients_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def _set_introspection(allowed: bool) -> Callable[[Settings, argparse.Namespace], int]:
     def command(settings: Settings, args: argparse.Namespace) -> int:
-        store = _store(settings)
+        store = _store(settings, args)
         client = store.get_client(args.client_id)
         if client is None:
             raise UsageError(f"no client {args.client_id!r}")
@@ -535,7 +542,7 @@ def _set_introspection(allowed: bool) -> Callable[[Settings, argparse.Namespace]
 
 
 def cmd_clients_remove(settings: Settings, args: argparse.Namespace) -> int:
-    ended = _store(settings).remove_client(args.client_id)
+    ended = _store(settings, args).remove_client(args.client_id)
     audit_event("client.removed", client_id=args.client_id, sessions_ended=len(ended))
     audit_ended("client.removed", None, ended, client_id=args.client_id)
     print(f"removed client {args.client_id}; {_ended(ended)}")
@@ -559,6 +566,8 @@ def _report(result: RotationResult, manager: KeyManager) -> None:
 
 
 def _note_key_set_alg(settings: Settings, key_set_alg: str) -> None:
+    from issuer.compose import key_set_alg_note  # noqa: PLC0415 - start-up time
+
     note = key_set_alg_note(settings, key_set_alg)
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -573,6 +582,8 @@ def _require_managed_keys(settings: Settings) -> None:
 
 
 def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    from issuer.compose import build_key_manager  # noqa: PLC0415 - start-up time
+
     _require_managed_keys(settings)
     manager = build_key_manager(settings)
     result = manager.rotate(force=args.force, alg=args.alg)
@@ -583,6 +594,8 @@ def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from issuer.compose import build_key_manager  # noqa: PLC0415 - start-up time
+
     records = build_key_manager(settings).records()
     print(f"{'KID':<46} {'ALG':<6} {'STATE':<9} {'CREATED':<21} RETIRES")
     for r in records:
@@ -593,6 +606,8 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from issuer.compose import build_key_manager  # noqa: PLC0415 - start-up time
+
     kid = args.kid
     result = build_key_manager(settings).revoke(kid)
     print(f"revoked  {kid}: tokens it signed are refused from now on")
@@ -716,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument(
         "--alg",
-        choices=KNOWN_ALGS,
+        choices=SIGNING_ALGS,
         help="switch the key set to this algorithm, staged: publish a next key of it now; "
         "the next rotation after the lead time activates it (default: keep the key set's)",
     )
@@ -736,18 +751,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         database_url = settings.database_url
         if getattr(args, "audited", False):
             log_audit_to_stderr(settings.log_format)
-        return int(args.func(settings, args))
+        # What a command opens (stores: their engines) is closed when it ends.
+        with contextlib.ExitStack() as args.opened:
+            return int(args.func(settings, args))
     except ConfigError as exc:
         _fail("invalid configuration: " + "; ".join(exc.problems))
     except (UsageError, IssuerError) as exc:
         _fail(str(exc))
-    except OperationalError as exc:
-        _fail(describe_database_error(exc, database_url))
-    except SQLAlchemyError as exc:
-        # Never the statement or its parameters: they may hold usernames or hashes.
-        _fail(f"database error ({exc.__class__.__name__})")
     except KeyboardInterrupt:
         _fail("interrupted")
+    except Exception as exc:
+        message = _database_error(exc, database_url)
+        if message is None:
+            raise
+        _fail(message)
+
+
+def _database_error(exc: Exception, database_url: str) -> str | None:
+    """One safe line if ``exc`` is a database failure (only possible once a store was
+    opened: SQLAlchemy is then imported), else None."""
+    if "issuer.store.configured" not in sys.modules:
+        return None
+    from issuer.store.configured import database_error  # noqa: PLC0415 - start-up time
+
+    return database_error(exc, database_url)
 
 
 def _kid_is_not_an_option(argv: Sequence[str] | None) -> list[str]:

@@ -48,7 +48,7 @@ from starlette.requests import Request
 from issuer import tokens
 from issuer.bearer import challenge, token_from_header
 from issuer.errors import TokenError, UnknownUserError
-from issuer.models import Role, User
+from issuer.models import Role, User, may_hold_tokens
 
 log = logging.getLogger("issuer.dependencies")
 
@@ -136,7 +136,7 @@ async def get_current_active_user(current_user: User = _CURRENT_USER) -> User:
     """The current user if enabled; 403 for a disabled user (the token itself was fine)."""
     if not isinstance(current_user, User):
         raise TypeError("get_current_active_user needs a User (see authenticate())")
-    if not current_user.is_active:
+    if not may_hold_tokens(current_user):
         raise HTTPException(403, detail="The user is disabled.")
     return current_user
 

@@ -11,6 +11,7 @@ carries a short machine-readable ``code``::
     │   ├── DuplicateError       username / client id already taken
     │   ├── NotFoundError        no such user / client / key
     │   ├── ReadOnlyStoreError   the configured store cannot write
+    │   ├── NotMigratedError     the database is missing or at another revision
     │   └── MigrationRefusedError existing data forbids a migration (nothing changed)
     ├── PasswordPolicyError      a new password breaks the strength rules
     ├── UserError                token fine, user not usable
@@ -74,6 +75,12 @@ class NotFoundError(StoreError):
 
 class ReadOnlyStoreError(StoreError):
     code = "read_only_store"
+
+
+class NotMigratedError(StoreError):
+    """The database is missing or not at the revision this version needs: nothing was changed."""
+
+    code = "not_migrated"
 
 
 class MigrationRefusedError(StoreError):

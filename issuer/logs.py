@@ -1,8 +1,9 @@
 r"""Logging set-up: text or JSON lines, and the guarantees about what never reaches a log.
 
 Authlib logs issued tokens at debug level; ``issuer.oauth.server`` holds its logger at INFO
-whatever the root level. Access logs are ours (path without query string), not uvicorn's,
-because a client that wrongly puts credentials in a query string must not get them logged.
+whatever the root level. Access logs are ours (``issuer.http.access``: the path without
+its query string), not uvicorn's, because a client that wrongly puts credentials in a
+query string must not get them logged.
 
 Log lines cannot be forged (CWE-117): paths, usernames and anything else a request
 carries may hold CR, LF or terminal escapes. The text format escapes every C0 and C1
@@ -16,14 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from issuer.audit import AuditValue, json_value
-
-access_log = logging.getLogger("issuer.access")
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _CONTROLS = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
@@ -121,46 +117,3 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").disabled = True
-
-
-class AccessLogMiddleware:
-    """Logs method, path (never the query string), status and duration of each request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            if access_log.isEnabledFor(logging.INFO):
-                _log_access(scope, status, time.perf_counter() - started)
-
-
-def _log_access(scope: Scope, status: int, seconds: float) -> None:
-    """One access line, formatted once and handed to the handlers as a finished record.
-
-    ``Logger.info`` would also walk the stack to find its caller and %-format the
-    arguments again in the handler: a measurable share of a ~100 µs request. The handlers
-    and formatters are unchanged, so the line is escaped like every other (CWE-117), and
-    the path is ``scope["path"]``, which never holds the query string.
-    """
-    client = scope.get("client")
-    address = client[0] if client else "-"
-    line = f'{address} "{scope["method"]} {scope["path"]}" {status} {seconds * 1000:.1f}ms'
-    # No args: a "%" in the path is never taken for a format directive.
-    access_log.handle(
-        access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line, (), None)
-    )

@@ -9,9 +9,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 
 class Role(enum.StrEnum):
@@ -40,6 +42,12 @@ class AuthMethod(enum.StrEnum):
 
 
 GRANT_TYPES = ("password", "refresh_token")
+
+# What a new user or client may be called (``issuer users add``, ``issuer clients add``):
+# printable in a terminal and a log line, safe in a URL, short enough for a table column.
+USERNAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
+CLIENT_NAME_MAX = 200
 
 
 def canonical_username(name: str) -> str:
@@ -75,6 +83,16 @@ class User:
             created_at=now,
             updated_at=now,
         )
+
+
+def may_hold_tokens(user: User | None) -> TypeGuard[User]:
+    """The one rule for who may have tokens: a user who exists and is enabled.
+
+    Every path asks it: the password and refresh grants, introspection, userinfo and the
+    API dependencies. A failed-login lockout (``issuer.ratelimit``) is not part of it: it
+    stops password guessing, not the sessions the user already has.
+    """
+    return user is not None and user.is_active
 
 
 def hash_client_secret(secret: str) -> str:

@@ -96,6 +96,33 @@ class Admission:
         return self.retry_after is None
 
 
+class FailOpenWarning:
+    """Says that limits are not enforced while their storage is down: at most once per
+    :data:`WARNING_INTERVAL`, however many requests meet the outage. Limits fail open (a
+    Redis outage must not lock every user out), so this line is how an operator learns."""
+
+    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_warning: float | None = None
+
+    def storage_down(self, exc: StorageError, storage_url: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._last_warning is not None and now - self._last_warning < WARNING_INTERVAL:
+                return
+            self._last_warning = now
+        cause = exc.storage_error
+        log.warning(
+            "rate limit storage %s unreachable (%s: %s); %s are NOT enforced until it is back",
+            redact_url(storage_url),
+            cause.__class__.__name__,
+            cause,
+            self.what,
+        )
+
+
 class LoginLimiter:
     """Failed-login budgets (see the module docstring) over a ``limits`` storage.
 
@@ -138,9 +165,7 @@ class LoginLimiter:
         self.per_address = _item(policy.per_address, f"{self._prefix}:address")
         self.per_user = _item(policy.per_user, f"{self._prefix}:user")
         self._known_ttl = policy.known_address_days * DAY
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last_warning: float | None = None
+        self._outage = FailOpenWarning("login limits", clock)
 
     # -- the three steps of a login ---------------------------------------------------
 
@@ -236,19 +261,7 @@ class LoginLimiter:
             release_entry(self.storage, item.key_for(key))
 
     def _storage_down(self, exc: StorageError) -> None:
-        now = self._clock()
-        with self._lock:
-            if self._last_warning is not None and now - self._last_warning < WARNING_INTERVAL:
-                return
-            self._last_warning = now
-        cause = exc.storage_error
-        log.warning(
-            "rate limit storage %s unreachable (%s: %s); login limits are NOT enforced "
-            "until it is back",
-            redact_url(self.storage_url),
-            cause.__class__.__name__,
-            cause,
-        )
+        self._outage.storage_down(exc, self.storage_url)
 
 
 def release_entry(storage: object, key: str) -> None:

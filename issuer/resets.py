@@ -19,9 +19,7 @@ choosing (e-mail, a support desk: the issuer sends nothing), and the user redeem
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -37,15 +35,12 @@ from issuer.passwords import (
     generate_password_reset_token,
     password_strength_failures,
 )
-from issuer.ratelimit import address_key
+from issuer.ratelimit import FailOpenWarning, address_key
 from issuer.sessions import audit_ended, user_fields
 from issuer.store.base import Store
 
-log = logging.getLogger("issuer.resets")
-
 # Far longer than any token generate_password_reset_token makes; longer input is not hashed.
 MAX_TOKEN_LENGTH = 512
-WARNING_INTERVAL = 60.0
 
 
 class ResetTokenError(IssuerError):
@@ -84,15 +79,15 @@ class AddressBudget:
         rate: str,
         namespace: str,
         *,
+        storage_url: str = "memory://",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         parsed = limits.parse(rate)
         self.item = type(parsed)(parsed.amount, parsed.multiples, namespace=namespace)
         self.storage = storage
         self.strategy = strategy
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last_warning: float | None = None
+        self.storage_url = storage_url
+        self._outage = FailOpenWarning("password reset limits", clock)
 
     def retry_after(self, address: str) -> int | None:
         """Seconds to wait if the address spent its budget, else None."""
@@ -117,16 +112,7 @@ class AddressBudget:
             self._storage_down(exc)
 
     def _storage_down(self, exc: StorageError) -> None:
-        now = self._clock()
-        with self._lock:
-            if self._last_warning is not None and now - self._last_warning < WARNING_INTERVAL:
-                return
-            self._last_warning = now
-        log.warning(
-            "rate limit storage unreachable (%s); password reset limits are NOT enforced "
-            "until it is back",
-            exc.storage_error.__class__.__name__,
-        )
+        self._outage.storage_down(exc, self.storage_url)
 
 
 class PasswordResets:

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import limits
-
 from issuer.errors import ConfigError
 from issuer.sensitive import Secret, redact_url, secret_problem
 
@@ -368,15 +366,24 @@ def _http_problems(s: Settings) -> list[str]:
     return []
 
 
+LIMIT_SETTINGS = (
+    "login_failures_per_user_address",
+    "login_failures_per_address",
+    "login_failures_per_user",
+    "password_reset_failures_per_address",
+)
+_DEFAULT_LIMITS = {
+    f.name: f.default for f in dataclasses.fields(Settings) if f.name in LIMIT_SETTINGS
+}
+
+
 def _rate_limit_problems(s: Settings) -> list[str]:
     problems: list[str] = []
-    for name in (
-        "login_failures_per_user_address",
-        "login_failures_per_address",
-        "login_failures_per_user",
-        "password_reset_failures_per_address",
-    ):
-        problem = limit_problem(getattr(s, name))
+    for name in LIMIT_SETTINGS:
+        value = getattr(s, name)
+        # The defaults are valid (tests/test_settings.py parses them): checking only what
+        # was configured leaves the `limits` import to the commands that count failures.
+        problem = None if value == _DEFAULT_LIMITS[name] else limit_problem(value)
         if problem:
             problems.append(f"{name}: {problem}")
     problems.extend(_rate_limit_storage_problems(s.rate_limit_storage))
@@ -396,6 +403,8 @@ def _rate_limit_problems(s: Settings) -> list[str]:
 
 def limit_problem(text: str) -> str | None:
     """Why ``text`` is not one usable limit like ``"5/minute"``, or None when it is."""
+    import limits  # noqa: PLC0415 - start-up time of every CLI command: see _rate_limit_problems
+
     try:
         items = limits.parse_many(text)
     except ValueError:

@@ -20,7 +20,6 @@ for the façade, which ``issuer serve`` does for its one app per worker process
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -28,8 +27,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, Protocol
 
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
+from joserfc import jwt
 
 from issuer import jwtrules
 from issuer.errors import (
@@ -219,18 +217,6 @@ class TokenService:
         check_claims(
             claims, issuer=self.issuer, audience=audience, now=self.now, leeway=self.leeway
         )
-
-
-def peek_claims(token: str) -> dict[str, Any] | None:
-    """Unverified claims, only to route a request (e.g. which store to ask); never trust them."""
-    if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
-        return None
-    try:
-        payload = jws.extract_compact(token.encode("ascii")).payload
-        claims = json.loads(payload)
-    except (JoseError, ValueError, TypeError, UnicodeError):
-        return None
-    return claims if isinstance(claims, dict) else None
 
 
 # -- the seed's façade ---------------------------------------------------------

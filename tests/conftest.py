@@ -30,7 +30,8 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from starlette.testclient import TestClient
 
-from issuer.app import Components, build_components, create_app
+from issuer.app import create_app
+from issuer.compose import Components, build_components
 from issuer.models import AuthMethod, Client, Role, User, hash_client_secret
 from issuer.passwords import hash_password
 from issuer.settings import Settings, load_settings
@@ -190,7 +191,7 @@ def components(settings: Settings, migrated_sqlite_template: Path) -> Iterator[C
     migrate_database(settings.database_url, migrated_sqlite_template)
     parts = build_components(settings)
     yield parts
-    parts.engine.dispose()
+    parts.close()
 
 
 @pytest.fixture
@@ -199,6 +200,19 @@ def client(components: Components) -> Iterator[TestClient]:
     app = create_app(components=components)
     with TestClient(app, base_url=components.settings.url) as test_client:
         yield test_client
+
+
+TOKEN_PATH = "/oauth/token"
+
+
+def login(
+    http: Any, auth: Any, username: str = "alice", password: str = PASSWORD, **form: str
+) -> Any:
+    """The password grant through ``http`` (a TestClient or httpx client) with client
+    credentials ``auth`` (Basic, or None for a public client's form ``client_id``): the
+    response, whatever it is. The suite's one login helper."""
+    data = {"grant_type": "password", "username": username, "password": password, **form}
+    return http.post(TOKEN_PATH, data=data, auth=auth)
 
 
 def add_user(

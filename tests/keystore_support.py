@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from issuer.app import build_key_manager
+from issuer.compose import build_key_manager
 from issuer.keystore import MANIFEST_NAME, KeyManager
 from issuer.tokens import TokenService
 

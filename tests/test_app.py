@@ -9,7 +9,8 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, create_app, purge_expired_state
+from issuer.app import create_app
+from issuer.compose import build_components, purge_expired_state
 from issuer.models import RefreshRecord
 from issuer.store import migrate
 from issuer.store.sql import make_engine

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from issuer.app import Components, build_components, create_app
+from issuer.app import create_app
 from issuer.audit import EVENTS, AuditValue, add_listener, audit_event, remove_listener, render
+from issuer.compose import Components, build_components
 from issuer.keystore import KeyState
 from issuer.logs import JsonFormatter, TextFormatter
 from issuer.models import Role
@@ -131,7 +132,7 @@ def test_a_throttled_login_names_the_spent_budget(
             assert login(client, ("webapp", secret), password=WRONG).status_code == 400
             assert login(client, ("webapp", secret), password=WRONG).status_code == 429
     finally:
-        parts.engine.dispose()
+        parts.close()
     throttled = recorded.one("login.throttled")
     assert throttled["budget"] == "user-address" and throttled["username"] == "alice"
     assert throttled["client_id"] == "webapp" and throttled["address"] == "testclient"

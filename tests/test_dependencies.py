@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from issuer.app import build_components
+from issuer.compose import build_components
 from issuer.dependencies import (
     authenticate,
     get_current_active_user,
@@ -309,7 +309,7 @@ def test_two_apps_in_one_process_each_use_their_own_token_service(
             assert mine_client.get("/me", headers=bearer(token)).status_code == 200
             assert_invalid_token(theirs_client.get("/me", headers=bearer(token)))
     finally:
-        other.engine.dispose()
+        other.close()
 
 
 def test_an_app_without_a_token_service_says_to_use_issuer_resource():

@@ -16,7 +16,8 @@ from joserfc import jwt
 from joserfc.jwk import OctKey
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, create_app
+from issuer.app import create_app
+from issuer.compose import build_components
 from issuer.models import AuthMethod
 from issuer.store import migrate
 from issuer.store.sql import make_engine
@@ -97,7 +98,7 @@ def clocked(settings):
     parts = build_components(settings, clock=clock)
     with TestClient(create_app(components=parts), base_url=settings.url) as test_client:
         yield test_client, parts, clock
-    parts.engine.dispose()
+    parts.close()
 
 
 # -- revocation (RFC 7009) -------------------------------------------------------
@@ -308,7 +309,7 @@ def test_introspecting_foreign_signed_or_unsigned_tokens_is_inactive(
             other.tokens.access_claims_for(alice, "webapp", "read")
         )
     finally:
-        other.engine.dispose()
+        other.close()
     assert introspect(client, foreign, resource_server) == {"active": False}
 
 
@@ -502,7 +503,7 @@ def test_jwks_max_age_follows_settings(make_settings, tmp_path):
         with TestClient(create_app(components=parts), base_url=settings.url) as test_client:
             response = test_client.get("/.well-known/jwks.json")
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert response.headers["cache-control"] == "public, max-age=42"
 
 
@@ -541,7 +542,7 @@ def test_discovery_issuer_follows_the_configured_url(make_settings):
         with TestClient(create_app(components=parts), base_url="http://other") as test_client:
             doc = test_client.get("/.well-known/openid-configuration").json()
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert doc["issuer"] == "https://login.example.com"
     assert doc["token_endpoint"] == "https://login.example.com/oauth/token"
 
@@ -610,7 +611,7 @@ def test_readyz_is_503_when_postgresql_is_unreachable(make_settings):
             ready = test_client.get("/readyz")
             alive = test_client.get("/healthz")
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert ready.status_code == 503
     assert ready.json() == {
         "status": "not ready",
@@ -635,12 +636,12 @@ def test_readyz_turns_503_when_the_sqlite_volume_goes_away(make_settings, tmp_pa
         with TestClient(create_app(components=parts), base_url=settings.url) as test_client:
             assert test_client.get("/readyz").status_code == 200
             # The volume disappears and something else takes its path: no new connection opens.
-            parts.engine.dispose()
+            parts.close()
             shutil.rmtree(volume)
             volume.write_text("not a directory")
             ready = test_client.get("/readyz")
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert ready.status_code == 503
     assert ready.json()["checks"] == {"database": False, "signing_key": True}
 
@@ -653,7 +654,7 @@ def outage(make_settings, caplog):
     app = create_app(components=parts)
     with TestClient(app, base_url=settings.url, raise_server_exceptions=False) as test_client:
         yield test_client
-    parts.engine.dispose()
+    parts.close()
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import asyncio
 import threading
 from pathlib import Path
 
-from issuer.app import build_key_manager
+from issuer.compose import build_key_manager
 from issuer.http.published import MAX_RECHECK_SECONDS, PublishedJwks, etag_matches
 from issuer.keystore import DirectoryKeyStore, KeySet, KeyStore
 from issuer.settings import Settings

@@ -15,7 +15,8 @@ import bcrypt
 import pytest
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, create_app
+from issuer.app import create_app
+from issuer.compose import build_components
 from issuer.http.addresses import client_address, parse_networks
 from issuer.store import migrate
 from issuer.store.sql import SqlStore, make_engine
@@ -42,7 +43,7 @@ class Issuer:
         self.clients: list[TestClient] = []
 
     def setup_accounts(self) -> tuple[str, str]:
-        store = SqlStore(self.parts.engine)
+        store = SqlStore(self.parts.store.engine)
         for name in ("alice", "bob", "carol", "dave", "erin"):
             add_user(store, name)
         secret = add_client(store, "webapp")
@@ -57,7 +58,7 @@ class Issuer:
     def close(self) -> None:
         for client in self.clients:
             client.close()
-        self.parts.engine.dispose()
+        self.parts.close()
 
 
 @pytest.fixture

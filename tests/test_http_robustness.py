@@ -47,7 +47,7 @@ def world(client, components):
 
 def snapshot(components) -> tuple:
     """Everything a request could change: refresh records (with their state) and denials."""
-    with components.engine.connect() as conn:
+    with components.store.engine.connect() as conn:
         records = conn.execute(
             select(
                 refresh_tokens.c.jti, refresh_tokens.c.spent_at, refresh_tokens.c.revoked_at

@@ -12,7 +12,7 @@ import bcrypt
 import pytest
 from sqlalchemy import func, select
 
-from issuer.app import build_components
+from issuer.compose import build_components
 from issuer.models import AuthMethod
 from issuer.store.schema import refresh_tokens
 from tests.conftest import PASSWORD, add_client, add_user
@@ -32,7 +32,7 @@ def refresh_form(token: str, **extra: str) -> dict:
 
 
 def refresh_count(components) -> int:
-    with components.engine.connect() as conn:
+    with components.store.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(refresh_tokens)).scalar_one())
 
 
@@ -299,7 +299,7 @@ def test_refresh_token_signed_by_another_secret_is_invalid_grant(
     try:
         token, _ = foreign.tokens.create_refresh_token({"sub": alice.id, "client_id": "webapp"})
     finally:
-        foreign.engine.dispose()
+        foreign.close()
     assert_error(client.post(TOKEN, data=refresh_form(token), auth=basic), "invalid_grant")
 
 

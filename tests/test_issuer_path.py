@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, create_app
+from issuer.app import create_app
+from issuer.compose import build_components
 from issuer.store import migrate
 from issuer.store.sql import make_engine
 from tests.conftest import PASSWORD, add_client, add_user, free_port
@@ -34,7 +35,7 @@ def tenant(make_settings) -> Iterator[tuple[TestClient, Any]]:
     add_user(parts.store)
     with TestClient(create_app(components=parts), base_url="https://login.example.com") as http:
         yield http, parts
-    parts.engine.dispose()
+    parts.close()
 
 
 def test_the_metadata_is_served_at_every_standard_location_for_a_path(tenant):

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from starlette.testclient import TestClient
 
-from issuer.app import Components, build_components, build_key_manager, create_app
+from issuer.app import create_app
+from issuer.compose import Components, build_components, build_key_manager
 from issuer.errors import BadSignatureError, TokenError
 from issuer.keystore import KeyState, read_manifest
 from issuer.settings import Settings
@@ -104,7 +105,7 @@ def issuer(request, make_settings):
     running = start_issuer(make_settings, **MODES[request.param])
     with running.http:
         yield running
-    running.parts.engine.dispose()
+    running.parts.close()
 
 
 @pytest.fixture(params=ASYMMETRIC)
@@ -112,7 +113,7 @@ def asymmetric_issuer(request, make_settings):
     running = start_issuer(make_settings, **MODES[request.param])
     with running.http:
         yield running
-    running.parts.engine.dispose()
+    running.parts.close()
 
 
 @pytest.fixture(params=[mode for mode in MODES if mode != "HS256-env-secret"])
@@ -121,7 +122,7 @@ def managed_issuer(request, make_settings):
     running = start_issuer(make_settings, **MODES[request.param])
     with running.http:
         yield running
-    running.parts.engine.dispose()
+    running.parts.close()
 
 
 def b64url(data: bytes) -> str:

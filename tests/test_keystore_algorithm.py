@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from issuer import cli
-from issuer.app import build_key_manager, build_key_store
+from issuer.compose import build_key_manager, build_key_store
 from issuer.errors import BadSignatureError
 from issuer.keystore import MANIFEST_NAME, DirectoryKeyStore, KeyState, RotationTooSoonError
 from tests.keystore_support import FakeClock, manifest_bytes, only, token_service

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from joserfc.jwk import OctKey, RSAKey
 
-from issuer.app import build_key_manager
+from issuer.compose import build_key_manager
 from issuer.errors import KeyStoreError
 from issuer.keystore import (
     DirectoryKeyStore,

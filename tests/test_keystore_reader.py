@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, build_key_manager, create_app
+from issuer.app import create_app
+from issuer.compose import build_components, build_key_manager
 from issuer.errors import BadSignatureError, KeyStoreError
 from issuer.keystore import MANIFEST_NAME, DirectoryKeyStore, KeyState, read_manifest, reader
 from issuer.store import migrate
@@ -174,4 +175,4 @@ def test_readyz_fails_while_no_valid_signing_key_exists(make_settings):
             build_key_manager(settings).rotate()  # nothing signs: a key takes over at once
             assert client.get("/readyz").status_code == 200
     finally:
-        parts.engine.dispose()
+        parts.close()

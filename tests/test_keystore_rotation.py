@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from issuer.app import build_key_manager
+from issuer.compose import build_key_manager
 from issuer.errors import BadSignatureError, KeyStoreError
 from issuer.keystore import (
     MANIFEST_NAME,

@@ -20,7 +20,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from issuer.app import Components, build_components, create_app
+from issuer.app import create_app
+from issuer.compose import Components, build_components
 from issuer.http.metrics import KeyCollector, Metrics
 from issuer.keystore import MANIFEST_NAME, DirectoryKeyStore
 from tests.conftest import PASSWORD, add_client, add_user, free_port, migrate_database
@@ -108,7 +109,7 @@ def test_throttled_logins_are_counted_by_budget(
             assert login(client, ("webapp", secret), WRONG).status_code == 429
             text = client.get("/metrics").text
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert value(text, "issuer_login_throttled_total", budget="user-address") == 1
     token = "issuer_token_requests_total"
     assert value(text, token, grant_type="password", outcome="throttled") == 1
@@ -124,7 +125,7 @@ def test_a_database_outage_is_counted(make_settings: Any) -> None:
             assert login(client, ("webapp", "secret")).status_code == 503
             text = client.get("/metrics").text
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert value(text, "issuer_database_errors_total") == 1
     token = "issuer_token_requests_total"
     assert value(text, token, grant_type="password", outcome="temporarily_unavailable") == 0
@@ -233,7 +234,7 @@ def test_metrics_networks_limits_who_may_read_metrics(
             forged = client.get("/metrics", headers={"X-Forwarded-For": "10.1.2.3"})
             assert forged.status_code == 403
     finally:
-        parts.engine.dispose()
+        parts.close()
 
 
 def test_a_broken_manifest_leaves_out_the_key_gauges_but_metrics_still_answer(

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from issuer.app import StoreRevocations, build_components
+from issuer.compose import StoreRevocations, build_components
 from issuer.keystore import StaticKeyStore
 from issuer.models import AuthMethod
 from issuer.oauth.requests import HttpRequest, OAuthResponse
@@ -424,7 +424,7 @@ def sql_components(request, make_settings):
     engine.dispose()
     parts = build_components(settings)
     yield parts
-    parts.engine.dispose()
+    parts.close()
 
 
 def test_concurrent_refreshes_of_one_token_let_exactly_one_win(sql_components):

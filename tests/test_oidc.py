@@ -14,7 +14,8 @@ from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet, OctKey
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, build_key_manager, create_app
+from issuer.app import create_app
+from issuer.compose import build_components, build_key_manager
 from issuer.errors import TokenError
 from issuer.models import AuthMethod
 from issuer.store import migrate
@@ -92,7 +93,7 @@ def issuer(request, make_settings) -> Iterator[Issuer]:
     running = Issuer(make_settings, request.param)
     with running.http:
         yield running
-    running.parts.engine.dispose()
+    running.parts.close()
 
 
 @pytest.fixture(params=["RS256", "ES256", "EdDSA"])
@@ -100,7 +101,7 @@ def asymmetric(request, make_settings) -> Iterator[Issuer]:
     running = Issuer(make_settings, request.param)
     with running.http:
         yield running
-    running.parts.engine.dispose()
+    running.parts.close()
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def hs256(make_settings) -> Iterator[Issuer]:
     running = Issuer(make_settings, "HS256-env-secret")
     with running.http:
         yield running
-    running.parts.engine.dispose()
+    running.parts.close()
 
 
 # -- ID tokens -----------------------------------------------------------------------
@@ -393,7 +394,7 @@ def test_without_the_openid_scope_discovery_advertises_no_oidc(make_settings):
         with TestClient(create_app(components=parts), base_url=settings.url) as http:
             doc = http.get("/.well-known/openid-configuration").json()
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert doc["scopes_supported"] == ["profile", "read"]
     for oidc_only in ("userinfo_endpoint", "id_token_signing_alg_values_supported"):
         assert oidc_only not in doc

@@ -20,7 +20,8 @@ from schemathesis import checks
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, create_app
+from issuer.app import create_app
+from issuer.compose import build_components
 from issuer.http import routes
 from issuer.http.openapi import openapi_document
 from issuer.settings import load_settings
@@ -60,7 +61,7 @@ def fuzzed_app(
     app = create_app(components=parts)
     with TestClient(app):  # runs the lifespan
         yield app
-    parts.engine.dispose()
+    parts.close()
 
 
 # Every operation of the document, one test each: "POST /oauth/token", "GET /healthz", …

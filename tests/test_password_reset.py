@@ -12,13 +12,14 @@ import bcrypt
 import pytest
 from starlette.testclient import TestClient
 
-from issuer.app import Components, build_components, create_app
+from issuer.app import create_app
+from issuer.compose import Components, build_components
 from issuer.errors import NotFoundError, PasswordPolicyError
 from issuer.resets import ResetTokenError
 from issuer.settings import Settings
 from issuer.store import migrate
 from issuer.store.sql import make_engine
-from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import PASSWORD, add_client, add_user, login
 from tests.test_ratelimit import REDIS_URL, UNREACHABLE_REDIS, fresh_redis_namespace, redis_keys
 
 RESET = "/password/reset"
@@ -54,7 +55,7 @@ def app(settings: Settings) -> Iterator[tuple[TestClient, Components, Clock]]:
     parts.webapp = ("webapp", add_client(parts.store, "webapp"))  # type: ignore[attr-defined]
     with TestClient(create_app(components=parts), base_url=settings.url) as client:
         yield client, parts, clock
-    parts.engine.dispose()
+    parts.close()
 
 
 @pytest.fixture
@@ -72,27 +73,22 @@ def bcrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def login(client: TestClient, parts: Components, username: str, password: str) -> Any:
-    data = {"grant_type": "password", "username": username, "password": password}
-    return client.post(TOKEN, data=data, auth=parts.webapp)  # type: ignore[attr-defined]
-
-
 def reset(client: TestClient, token: str, password: str = NEW_PASSWORD) -> Any:
     return client.post(RESET, data={"token": token, "new_password": password})
 
 
 def test_a_reset_sets_the_password_and_ends_every_session(app: Any) -> None:
     client, parts, _ = app
-    alice = login(client, parts, "alice", PASSWORD).json()
-    bob = login(client, parts, "bob", PASSWORD).json()
+    alice = login(client, parts.webapp, "alice", PASSWORD).json()
+    bob = login(client, parts.webapp, "bob", PASSWORD).json()
     token = parts.resets.issue("alice")
 
     answer = reset(client, token)
 
     assert answer.status_code == 200, answer.text
     assert answer.headers["cache-control"] == "no-store"
-    assert login(client, parts, "alice", PASSWORD).status_code == 400
-    assert login(client, parts, "alice", NEW_PASSWORD).status_code == 200
+    assert login(client, parts.webapp, "alice", PASSWORD).status_code == 400
+    assert login(client, parts.webapp, "alice", NEW_PASSWORD).status_code == 200
     refresh = {"grant_type": "refresh_token", "refresh_token": alice["refresh_token"]}
     assert client.post(TOKEN, data=refresh, auth=parts.webapp).status_code == 400
     bearer = {"Authorization": f"Bearer {alice['access_token']}"}
@@ -109,7 +105,7 @@ def test_a_token_works_once(app: Any) -> None:
     again = reset(client, token, "Yet-an0ther-one")
 
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-    assert login(client, parts, "alice", NEW_PASSWORD).status_code == 200
+    assert login(client, parts.webapp, "alice", NEW_PASSWORD).status_code == 200
 
 
 def test_an_expired_token_is_refused(app: Any) -> None:
@@ -120,7 +116,7 @@ def test_an_expired_token_is_refused(app: Any) -> None:
     answer = reset(client, token)
 
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
-    assert login(client, parts, "alice", PASSWORD).status_code == 200
+    assert login(client, parts.webapp, "alice", PASSWORD).status_code == 200
 
 
 def test_a_token_within_its_lifetime_works(app: Any) -> None:
@@ -151,7 +147,7 @@ def test_a_weak_password_is_refused_naming_the_rules_and_keeps_the_token(app: An
     assert body["error"] == "invalid_request"
     assert "at least 8 characters" in body["failed_rules"]
     assert "a digit" in body["failed_rules"] and "an uppercase letter" in body["error_description"]
-    assert login(client, parts, "alice", PASSWORD).status_code == 200
+    assert login(client, parts.webapp, "alice", PASSWORD).status_code == 200
     assert reset(client, token).status_code == 200
 
 
@@ -211,7 +207,7 @@ def test_odd_requests_get_a_clear_4xx_and_change_nothing(app: Any) -> None:
 
     assert [a.status_code for a in odd] == [400, 400, 400, 400, 400, 405]
     assert all(a.headers["content-type"].startswith("application/json") for a in odd)
-    assert login(client, parts, "alice", PASSWORD).status_code == 200
+    assert login(client, parts.webapp, "alice", PASSWORD).status_code == 200
     assert reset(client, token).status_code == 200
 
 
@@ -231,7 +227,7 @@ def test_failed_attempts_are_limited_per_address(
         bcrypt_calls.clear()
         failures = [reset(client, secrets.token_urlsafe(32)).status_code for _ in range(3)]
         blocked = reset(client, token)
-    parts.engine.dispose()
+    parts.close()
 
     assert failures == [400, 400, 400]
     assert blocked.status_code == 429 and blocked.json()["error"] == "too_many_requests"
@@ -297,7 +293,7 @@ def test_replicas_sharing_redis_share_the_reset_budget_under_its_own_namespace(
         assert reset(client_b, token).status_code == 429
         assert reset(other, token).status_code == 200
     for parts in (parts_a, parts_b, parts_c):
-        parts.engine.dispose()
+        parts.close()
 
     keys = redis_keys(redis_namespace)
     assert keys and all(k.startswith(f"{redis_namespace}:") for k in keys)
@@ -315,6 +311,6 @@ def test_resets_work_unlimited_when_the_rate_limit_storage_is_down(
     with client:
         assert reset(client, "forged").status_code == 400
         assert reset(client, token).status_code == 200
-    parts.engine.dispose()
+    parts.close()
 
     assert "password reset limits are NOT enforced" in caplog.text

@@ -24,7 +24,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import issuer.tokens
-from issuer.app import Components, build_components, create_app
+from issuer.app import create_app
+from issuer.compose import Components, build_components
 from issuer.dependencies import authenticate
 from issuer.errors import RevokedTokenError
 from issuer.models import Role
@@ -311,8 +312,8 @@ def test_refreshing_every_day_never_outlives_the_absolute_lifetime(
         tokens = response.json()
         expiries = []
         for _ in range(12):
-            claims = decode_token(tokens["refresh_token"])
-            access = decode_token(tokens["access_token"])
+            claims = parts.tokens.decode(tokens["refresh_token"])
+            access = parts.tokens.decode(tokens["access_token"])
             assert claims["exp"] <= start + 10 * DAY and access["exp"] <= claims["exp"]
             expiries.append(claims["exp"])
             clock.now += DAY
@@ -324,7 +325,7 @@ def test_refreshing_every_day_never_outlives_the_absolute_lifetime(
             if response.status_code != 200:
                 break
             tokens = response.json()
-    parts.engine.dispose()
+    parts.close()
 
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
     assert expiries[0] == start + 7 * DAY  # the idle timeout, while it fits
@@ -366,7 +367,7 @@ def test_a_login_upgrades_a_cost_10_hash_to_12_and_failed_logins_never_do(
         again = client.post(TOKEN, data={**form, "password": PASSWORD}, auth=auth)
         assert again.status_code == 200
         assert parts.store.get_by_id(user.id).password_hash == upgraded  # type: ignore[union-attr]
-    parts.engine.dispose()
+    parts.close()
 
 
 # -- retry window --------------------------------------------------------------
@@ -384,7 +385,7 @@ def retrying(
     other = ("other", str(add_client(parts.store, "other")))
     with client:
         yield client, parts, clock, webapp, other
-    parts.engine.dispose()
+    parts.close()
 
 
 def _login(client: TestClient, auth: tuple[str, str]) -> dict[str, Any]:
@@ -400,7 +401,7 @@ def _refresh(client: TestClient, token: str, auth: tuple[str, str]) -> Any:
 
 
 def usable_in_family(parts: Components, family: str) -> int:
-    with parts.engine.connect() as conn:
+    with parts.store.engine.connect() as conn:
         query = (
             select(func.count())
             .where(refresh_tokens.c.family_id == family)

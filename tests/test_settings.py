@@ -10,7 +10,7 @@ import pytest
 
 from issuer.errors import ConfigError
 from issuer.sensitive import Secret
-from issuer.settings import Settings, load_settings
+from issuer.settings import LIMIT_SETTINGS, Settings, limit_problem, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMPTY_TOML = Path(__file__).parent / "empty.toml"
@@ -539,3 +539,10 @@ def test_the_environment_is_read_when_none_is_given(monkeypatch, tmp_path):
     monkeypatch.setenv("ISSUER_AUDIENCE", "from-os-environ")
     monkeypatch.setenv("ISSUER_CONFIG", str(EMPTY_TOML))
     assert load_settings().audience == "from-os-environ"
+
+
+def test_the_default_login_and_reset_limits_are_valid_limit_strings() -> None:
+    """load_settings checks only configured limits (sparing every CLI command the `limits`
+    import); this is what makes skipping the defaults safe."""
+    defaults = Settings()
+    assert [limit_problem(getattr(defaults, name)) for name in LIMIT_SETTINGS] == [None] * 4

@@ -37,7 +37,7 @@ from issuer.keystore import (
     key_id,
 )
 from issuer.models import Role, User
-from issuer.tokens import TokenService, peek_claims
+from issuer.tokens import TokenService
 
 SECRET = secrets.token_urlsafe(48)
 ISS = "https://id.example.com"
@@ -566,13 +566,6 @@ def test_decode_skips_expiry_and_type_but_checks_the_signature(service, access, 
     unsigned = f"{none_header}.{tampered.split('.')[1]}."
     with pytest.raises(BadSignatureError):
         service.decode(unsigned)
-
-
-def test_peek_claims_reads_without_trusting_and_never_raises(service, access):
-    token, claims = access
-    assert peek_claims(token) == claims
-    for junk in ("garbage", "", "x" * 9000, None, b"a.b.c", 42, signed_raw(service, b"[1]")):
-        assert peek_claims(junk) is None
 
 
 # -- current user -------------------------------------------------------------------------

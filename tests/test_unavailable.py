@@ -18,9 +18,11 @@ from sqlalchemy import event, inspect, text
 from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, build_engine, build_key_manager, create_app
+from issuer.app import create_app
+from issuer.compose import build_components, build_key_manager
 from issuer.keystore import MANIFEST_NAME
 from issuer.store import migrate
+from issuer.store.configured import build_engine
 from issuer.store.diagnose import describe_database_error
 from issuer.store.sql import make_engine
 from tests.conftest import PASSWORD, POSTGRES_URL, add_client, add_user, free_port, require_postgres
@@ -62,7 +64,7 @@ def test_no_signing_key_is_503_and_the_log_and_readyz_name_the_fix(make_settings
                 response = client.post("/oauth/token", data=LOGIN, auth=auth)
             ready = client.get("/readyz")
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert_unavailable(response)
     [line] = [r.getMessage() for r in caplog.records if r.name == "issuer.http"]
     assert "no active ES256 signing key" in line
@@ -87,7 +89,7 @@ def test_a_plain_rotation_under_a_running_rs256_server_never_leads_to_a_500(make
             response = client.post("/oauth/token", data=LOGIN, auth=auth)
             ready = client.get("/readyz")
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert response.status_code == 200, response.text
     token = response.json()["access_token"]
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
@@ -101,13 +103,13 @@ def test_a_dropped_database_is_503_and_readyz_says_so(make_settings):
     try:
         with client:
             assert client.post("/oauth/token", data=LOGIN, auth=auth).status_code == 200
-            with parts.engine.begin() as conn:
+            with parts.store.engine.begin() as conn:
                 for table in inspect(conn).get_table_names():
                     conn.execute(text(f'DROP TABLE "{table}"'))
             response = client.post("/oauth/token", data=LOGIN, auth=auth)
             ready = client.get("/readyz")
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert_unavailable(response)
     assert ready.status_code == 503
     assert "issuer db upgrade" in ready.json()["reasons"]["database"]
@@ -136,7 +138,7 @@ def test_a_database_that_never_answers_is_503_within_the_connect_timeout(
         with TestClient(app, base_url=settings.url, raise_server_exceptions=False) as client:
             response = client.post("/oauth/token", data=LOGIN, auth=("webapp", "x"))
     finally:
-        parts.engine.dispose()
+        parts.close()
     assert_unavailable(response)
 
 

@@ -16,14 +16,15 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from issuer.app import build_components, create_app
+from issuer.app import create_app
+from issuer.compose import build_components
 from issuer.errors import ConfigError
 from issuer.passwords import hash_password
 from issuer.store import migrate
 from issuer.store.schema import users as users_table
 from issuer.store.sql import make_engine
 from tests import plugin_user_store
-from tests.conftest import PASSWORD, TEST_ROUNDS, add_client, add_user
+from tests.conftest import PASSWORD, TEST_ROUNDS, add_client, add_user, login
 
 PLUGIN = "tests.plugin_user_store:make_store"
 REPO = Path(__file__).resolve().parent.parent
@@ -72,15 +73,7 @@ def plugged(make_settings, users_file):
     parts = build_components(settings)
     with TestClient(create_app(components=parts), base_url=settings.url) as test_client:
         yield test_client, parts
-    parts.engine.dispose()
-
-
-def login(client, auth, username: str = "carol", password: str = PASSWORD):
-    return client.post(
-        "/oauth/token",
-        data={"grant_type": "password", "username": username, "password": password},
-        auth=auth,
-    )
+    parts.close()
 
 
 def test_the_configured_store_is_the_plugin(plugged):
@@ -92,7 +85,7 @@ def test_the_configured_store_is_the_plugin(plugged):
 def test_a_user_from_the_file_logs_in_over_http(plugged):
     client, parts = plugged
     auth = ("webapp", add_client(parts.store, "webapp"))
-    response = login(client, auth)
+    response = login(client, auth, "carol")
     assert response.status_code == 200, response.text
     claims = parts.tokens.verify(response.json()["access_token"])
     assert claims["sub"] == "ext-carol-7"
@@ -145,9 +138,9 @@ def test_wrong_password_and_unknown_users_fail_alike(plugged):
 def test_disabling_a_user_in_the_file_ends_login_refresh_and_userinfo(plugged, users_file):
     client, parts = plugged
     auth = ("webapp", add_client(parts.store, "webapp"))
-    tokens = login(client, auth).json()
+    tokens = login(client, auth, "carol").json()
     write_users(users_file, carol(active=False))
-    assert login(client, auth).json()["error"] == "invalid_grant"
+    assert login(client, auth, "carol").json()["error"] == "invalid_grant"
     refreshed = client.post(
         "/oauth/token",
         data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
@@ -161,7 +154,7 @@ def test_disabling_a_user_in_the_file_ends_login_refresh_and_userinfo(plugged, u
 def test_a_role_change_in_the_file_shows_in_the_next_token(plugged, users_file):
     client, parts = plugged
     auth = ("webapp", add_client(parts.store, "webapp"))
-    tokens = login(client, auth).json()
+    tokens = login(client, auth, "carol").json()
     write_users(users_file, carol(role="viewer"))
     refreshed = client.post(
         "/oauth/token",

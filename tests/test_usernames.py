@@ -4,19 +4,17 @@ logins, the failed-login budgets and the audit log."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-import issuer.tokens
-from issuer.app import Components
+from issuer.compose import Components
 from issuer.errors import DuplicateError
 from issuer.models import Role
 from issuer.settings import Settings
-from issuer.tokens import decode_token
-from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import add_client, add_user, login
 
 TOKEN = "/oauth/token"
 VARIANTS = ["alice", "ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45", "\uff21LICE"]
@@ -30,20 +28,6 @@ def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settin
     return make_settings(**overrides)
 
 
-@pytest.fixture(autouse=True)
-def seed_functions(components: Components) -> Iterator[None]:
-    """The seed's module-level functions (decode_token, verify_token) over this test's
-    issuer: the documented shim an app installs explicitly."""
-    issuer.tokens.configure(components.tokens)
-    yield
-    issuer.tokens.configure(None)
-
-
-def login(client: TestClient, auth: Any, username: str, password: str = PASSWORD) -> Any:
-    data = {"grant_type": "password", "username": username, "password": password}
-    return client.post(TOKEN, data=data, auth=auth)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_case_and_width_variant_logs_in_as_the_one_user(
     client: TestClient, components: Components, variant: str
@@ -54,7 +38,7 @@ def test_every_case_and_width_variant_logs_in_as_the_one_user(
     answer = login(client, auth, variant)
 
     assert answer.status_code == 200, answer.text
-    claims = decode_token(answer.json()["access_token"])
+    claims = components.tokens.decode(answer.json()["access_token"])
     assert claims["sub"] == alice.id and claims["username"] == "alice"
 
 

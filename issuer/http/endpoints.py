@@ -18,7 +18,7 @@ from issuer.http.forms import BadRequestError, parse_form, read_body
 from issuer.http.published import Document, PublishedJwks
 from issuer.http.responses import error_response, json_bytes, json_response
 from issuer.keystore import KeyStore
-from issuer.models import User
+from issuer.models import User, may_hold_tokens
 from issuer.oauth.metadata import discovery_document
 from issuer.oauth.oidc import OPENID, userinfo_claims
 from issuer.oauth.requests import HttpRequest, OAuthResponse
@@ -182,7 +182,7 @@ class Endpoints:
         """The enabled user behind a valid access token, and the token's scope."""
         claims = self.tokens.verify(token, ACCESS)
         user = self.users.get_by_id(claims["sub"])
-        if user is None or not user.is_active:
+        if not may_hold_tokens(user):
             raise TokenError("the user is unknown or disabled")
         scope = claims.get("scope")
         return user, scope if isinstance(scope, str) else ""

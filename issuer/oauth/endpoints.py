@@ -9,6 +9,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
 from issuer.errors import TokenError
+from issuer.models import may_hold_tokens
 from issuer.oauth.clients import OAuthClient
 from issuer.tokens import ACCESS, REFRESH
 
@@ -112,7 +113,7 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
             except TokenError:
                 continue
             user = self.server.users.get_by_id(claims["sub"])
-            return TokenRef(claims) if user is not None and user.is_active else None
+            return TokenRef(claims) if may_hold_tokens(user) else None
         return None
 
     def check_permission(self, token: TokenRef, client: OAuthClient, request: Any) -> bool:

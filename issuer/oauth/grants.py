@@ -18,7 +18,7 @@ from authlib.oauth2.rfc6749.grants import (
 )
 
 from issuer.errors import TokenError
-from issuer.models import RefreshRecord, User, canonical_username
+from issuer.models import RefreshRecord, User, canonical_username, may_hold_tokens
 from issuer.oauth.clients import TOKEN_AUTH_METHODS, OAuthClient, presented_secret, scope_list
 from issuer.tokens import REFRESH
 
@@ -66,7 +66,7 @@ class PasswordGrant(ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc
     def authenticate_user(self, username: str, password: str) -> User | None:
         user = self.server.users.get_by_username(username) if username else None
         matches = self.server.hasher.verify(password, user.password_hash if user else None)
-        if user is None or not matches or not user.is_active:
+        if not matches or not may_hold_tokens(user):
             return None
         return user
 
@@ -164,7 +164,7 @@ class RefreshTokenGrant(AuthlibRefreshTokenGrant):  # type: ignore[misc]
         credential: RefreshCredential = self.request.refresh_token
         old = credential.record
         user = self.server.users.get_by_id(old.user_id)
-        if user is None or not user.is_active:
+        if not may_hold_tokens(user):
             self.server.store.revoke_family(old.family_id, self.server.tokens.now())
             raise InvalidGrantError(BAD_REFRESH)
         requested = self.request.payload.scope

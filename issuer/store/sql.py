@@ -33,7 +33,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -297,6 +296,10 @@ class SqlStore:
         self._postgres = engine.dialect.name == "postgresql"
         # Hot reads of exactly one statement (see _ONE_STATEMENT); others use engine.
         self._one_read = engine.execution_options(**{_SQLITE_BEGIN: _ONE_STATEMENT})
+
+    def close(self) -> None:
+        """Close the pooled connections (the end of a command, an app's shutdown)."""
+        self.engine.dispose()
 
     def _in_code_point_order(self, column: Any) -> Any:
         # PostgreSQL orders text by the database's locale (en_US sorts "bob" before
@@ -606,6 +609,10 @@ class SqlStore:
         # One upsert, so concurrent denials of one jti cannot collide; a second denial
         # can only extend the refusal (the later expiry wins), never shorten it.
         if self._postgres:
+            # Imported here: a PostgreSQL engine has loaded the dialect already, while on
+            # SQLite it would be most of a CLI command's start-up.
+            from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: PLC0415
+
             pg = pg_insert(revoked_access_tokens).values(jti=jti, expires_at=expires_at)
             statement: Any = pg.on_conflict_do_update(
                 index_elements=["jti"],
