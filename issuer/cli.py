@@ -264,8 +264,11 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     from issuer.store.configured import open_store  # noqa: PLC0415 - start-up time
 
     store = open_store(settings)
-    args.opened.callback(store.close)
-    migrate.upgrade(store.engine)
+    try:
+        migrate.upgrade(store.engine)
+    finally:
+        # Closed before the file modes are checked: SQLite removes -wal/-shm on last close.
+        store.close()
     print(
         f"database ready at {redact_url(settings.database_url)} "
         f"(revision {migrate.head_revision()})"
