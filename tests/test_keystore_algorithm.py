@@ -75,7 +75,7 @@ def test_a_server_configured_with_another_alg_follows_the_key_set_and_says_so(rs
     with caplog.at_level(logging.WARNING, logger="issuer.app"):
         keys = build_key_store(unset)
     assert keys.current().signing.alg == "RS256"
-    [note] = [r.getMessage() for r in caplog.records]
+    [note] = [r.getMessage() for r in caplog.records if r.name == "issuer.app"]
     assert "signs with RS256" in note
     assert "signing_alg = HS256" in note
     assert "issuer keys rotate --alg HS256" in note
