@@ -8,8 +8,11 @@ the standard library's CSPRNG module.)
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import math
+import re
 from collections import Counter
 from urllib.parse import urlsplit
 
@@ -17,7 +20,9 @@ __all__ = [
     "MIN_SECRET_BYTES",
     "MIN_SECRET_ENTROPY_BITS",
     "Secret",
+    "KEK_GENERATE_HINT",
     "estimated_entropy_bits",
+    "parse_kek",
     "redact_url",
     "secret_problem",
 ]
@@ -32,6 +37,9 @@ MIN_SECRET_ENTROPY_BITS = 128
 _MIN_REPEAT = 3
 _REPEAT_CANDIDATES = 64
 _GENERATE_HINT = 'python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
+KEK_BYTES = 32
+KEK_GENERATE_HINT = "openssl rand -base64 32"
+_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class Secret:
@@ -82,6 +90,27 @@ def secret_problem(secret: str) -> str | None:
     if estimated_entropy_bits(secret) < MIN_SECRET_ENTROPY_BITS:
         return f"looks guessable (too little variety); use a random value ({_GENERATE_HINT})"
     return None
+
+
+def parse_kek(text: str) -> bytes:
+    """The 32 bytes of a key-encryption key written as hex or base64 (standard or URL-safe,
+    padded or not); ValueError naming the expected form (never the value) otherwise.
+
+    No passphrases: a KEK is random bytes, so nothing is left to stretch with a KDF.
+    """
+    text = text.strip()
+    if _HEX.fullmatch(text):
+        return bytes.fromhex(text)
+    try:
+        padded = text + "=" * (-len(text) % 4)
+        raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != KEK_BYTES:
+        raise ValueError(
+            f"must be {KEK_BYTES} random bytes in base64 or hex (generate one: {KEK_GENERATE_HINT})"
+        )
+    return raw
 
 
 def estimated_entropy_bits(secret: str) -> float:

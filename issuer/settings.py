@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from issuer.errors import ConfigError
-from issuer.sensitive import Secret, redact_url, secret_problem
+from issuer.sensitive import KEK_GENERATE_HINT, Secret, parse_kek, redact_url, secret_problem
 
 ENV_PREFIX = "ISSUER_"
 DEFAULT_CONFIG_PATH = Path("config/issuer.toml")
@@ -33,10 +33,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "signing_alg": SIGNING_ALGS,
     "log_format": ("text", "json"),
     "log_level": ("debug", "info", "warning", "error"),
+    "key_store": ("directory", "database"),
 }
 # Longer values are cut when an error message echoes them.
 _ECHO_MAX = 80
-SECRET_SETTINGS = ("secret_key", "secret_key_file")
+SECRET_SETTINGS = (
+    "secret_key",
+    "secret_key_file",
+    "key_encryption_key",
+    "key_encryption_key_file",
+    "key_encryption_key_old",
+    "key_encryption_key_old_file",
+)
 LOOPBACK_HOSTS = ("localhost",)
 RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 # The path of an issuer URL (every endpoint is served under it): plain segments only.
@@ -51,6 +59,7 @@ class Settings:
     audience: str = "issuer-api"
     database_url: str = "sqlite:///var/issuer.db"
     keys_dir: Path = Path("keys")
+    key_store: str = "directory"
     signing_alg: str = "HS256"
     access_token_ttl: int = 1800
     refresh_token_ttl: int = 604800
@@ -92,6 +101,10 @@ class Settings:
     http_limit_concurrency: int = 256
     shutdown_timeout: int = 30
     secret_key: Secret | None = field(default=None, repr=False)
+    # The database key store's key-encryption key (and, while a KEK change rolls out, the
+    # previous one): base64 or hex of 32 bytes, checked by sensitive.parse_kek.
+    key_encryption_key: Secret | None = field(default=None, repr=False)
+    key_encryption_key_old: Secret | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         # The generated repr would show a database password; the secret is a Secret already.
@@ -158,6 +171,10 @@ def load_settings(
     secret = _read_secret(env, problems)
     if secret is not None:
         settings_kwargs["secret_key"] = Secret(secret)
+    for name in ("key_encryption_key", "key_encryption_key_old"):
+        kek = _read_kek(env, name, problems)
+        if kek is not None:
+            settings_kwargs[name] = Secret(kek)
 
     settings = dataclasses.replace(_DEFAULTS, **settings_kwargs)
     problems.extend(_with_source(p, settings, sources) for p in _validate(settings))
@@ -305,8 +322,42 @@ def _read_secret(env: Mapping[str, str], problems: list[str]) -> str | None:
     return secret
 
 
+def _read_kek(env: Mapping[str, str], name: str, problems: list[str]) -> str | None:
+    """A key-encryption key from ``ISSUER_<NAME>`` or the file ``ISSUER_<NAME>_FILE``."""
+    variable = ENV_PREFIX + name.upper()
+    inline = env.get(variable)
+    file_name = env.get(variable + "_FILE")
+    if inline and file_name:
+        problems.append(f"{name}: set {variable} or {variable}_FILE, not both")
+        return None
+    if file_name:
+        try:
+            text = Path(file_name).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{name}_file: cannot read {file_name}: {exc.__class__.__name__}")
+            return None
+        source = variable + "_FILE"
+    elif inline:
+        text, source = inline, variable
+    else:
+        return None
+    try:
+        parse_kek(text)
+    except ValueError as exc:
+        problems.append(f"{name}: {source} {exc}")
+        return None
+    return text
+
+
 def _validate(s: Settings) -> list[str]:
     problems: list[str] = []
+    if s.key_store not in CHOICES["key_store"]:
+        problems.append("key_store: must be directory or database")
+    elif s.key_store == "database" and s.key_encryption_key is None:
+        problems.append(
+            "key_encryption_key: key_store = database needs ISSUER_KEY_ENCRYPTION_KEY or "
+            f"ISSUER_KEY_ENCRYPTION_KEY_FILE (generate one: {KEK_GENERATE_HINT})"
+        )
     problems.extend(_url_problems(s))
     if not s.audience.strip():
         problems.append("audience: must not be empty")

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from issuer.app import create_app
 from issuer.compose import build_components, build_key_manager
 from issuer.errors import BadSignatureError, KeyStoreError
-from issuer.keystore import MANIFEST_NAME, DirectoryKeyStore, KeyState, read_manifest, reader
+from issuer.keystore import MANIFEST_NAME, DirectoryKeyStore, KeyState, read_manifest, storage
 from issuer.store import migrate
 from issuer.store.sql import make_engine
 from tests.keystore_support import manifest_bytes, only, token_service
@@ -55,13 +55,13 @@ def test_key_file_holding_only_a_public_key_is_refused(manager, es256):
 @pytest.fixture
 def count_loads(monkeypatch):
     loads: list[str] = []
-    real = reader.load_key
+    real = storage.load_key
 
     def counting(keys_dir, record):
         loads.append(record.kid)
         return real(keys_dir, record)
 
-    monkeypatch.setattr(reader, "load_key", counting)
+    monkeypatch.setattr(storage, "load_key", counting)
     return loads
 
 

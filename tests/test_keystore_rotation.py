@@ -23,7 +23,7 @@ from issuer.keystore import (
     RotationTooSoonError,
     UnknownKeyError,
     read_manifest,
-    rotation,
+    storage,
 )
 from tests.keystore_support import START, by_state, key_files, manifest_bytes, only, token_service
 
@@ -294,7 +294,7 @@ def test_failure_writing_the_manifest_leaves_the_old_key_set(manager, es256, mon
     first = manager.ensure()
     assert first is not None
     before = manifest_bytes(es256.keys_dir)
-    real = rotation.atomic_write
+    real = storage.atomic_write
     written: list[str] = []
 
     def fail_on_manifest(path, data):
@@ -303,7 +303,7 @@ def test_failure_writing_the_manifest_leaves_the_old_key_set(manager, es256, mon
         real(path, data)
         written.append(path.name)
 
-    monkeypatch.setattr(rotation, "atomic_write", fail_on_manifest)
+    monkeypatch.setattr(storage, "atomic_write", fail_on_manifest)
     with pytest.raises(OSError, match="disk full"):
         manager.rotate(force=True)
     monkeypatch.undo()

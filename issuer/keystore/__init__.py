@@ -7,10 +7,15 @@ One job per module, lowest first:
 * :mod:`~issuer.keystore.manifest`: ``keys/manifest.json``, each key's state and times.
 * :mod:`~issuer.keystore.keyset`: the immutable :class:`KeySet` a request uses and the
   :class:`KeyStore` protocol that provides it.
+* :mod:`~issuer.keystore.sealing`: AES-GCM sealing of key material under a
+  key-encryption key, for the database key store.
+* :mod:`~issuer.keystore.storage`: where a key set is kept (:class:`KeyBackend` to
+  write, :class:`KeySource` to read) and :class:`DirectoryStorage`, ``keys/``.
 * :mod:`~issuer.keystore.reader`: the key stores servers read on every request
-  (:class:`StaticKeyStore` for an operator's HS256 secret, :class:`DirectoryKeyStore`
-  for ``keys/``, reloaded after a rotation without a restart).
-* :mod:`~issuer.keystore.rotation`: :class:`KeyManager`, the only writer of ``keys/``
+  (:class:`StaticKeyStore` for an operator's HS256 secret, :class:`ReloadingKeyStore`
+  over any source, :class:`DirectoryKeyStore` for ``keys/``), reloaded after a rotation
+  without a restart.
+* :mod:`~issuer.keystore.rotation`: :class:`KeyManager`, the only writer of key sets
   (rotate, revoke; locked, crash-safe); its docstring draws the life of a key.
 
 Everything is re-exported here: import from ``issuer.keystore``.
@@ -24,6 +29,7 @@ from issuer.keystore.manifest import (
     KeyRecord,
     KeyState,
     Manifest,
+    checked_manifest,
     load_manifest,
     parse_manifest,
     read_manifest,
@@ -39,15 +45,26 @@ from issuer.keystore.material import (
     generate_key,
     key_id,
 )
-from issuer.keystore.reader import LOAD_ATTEMPTS, DirectoryKeyStore, StaticKeyStore
+from issuer.keystore.reader import (
+    LOAD_ATTEMPTS,
+    DirectoryKeyStore,
+    ReloadingKeyStore,
+    StaticKeyStore,
+)
 from issuer.keystore.rotation import (
-    KEY_FILE_RE,
-    LOCK_NAME,
-    TMP_FILE_RE,
     KeyManager,
     RotationResult,
     RotationTooSoonError,
     UnknownKeyError,
+)
+from issuer.keystore.sealing import Sealer, kek_id
+from issuer.keystore.storage import (
+    KEY_FILE_RE,
+    LOCK_NAME,
+    TMP_FILE_RE,
+    DirectoryStorage,
+    KeyBackend,
+    KeySource,
     ensure_keys_dir,
 )
 
@@ -67,6 +84,13 @@ __all__ = [
     "TMP_FILE_RE",
     "Clock",
     "DirectoryKeyStore",
+    "DirectoryStorage",
+    "KeyBackend",
+    "KeySource",
+    "ReloadingKeyStore",
+    "Sealer",
+    "checked_manifest",
+    "kek_id",
     "KeyManager",
     "KeyRecord",
     "KeySet",

@@ -154,6 +154,13 @@ def parse_manifest_document(raw: bytes, path: Path) -> Manifest:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise KeyStoreError(f"{path}: 'keys' must be a list of objects")
     records = [KeyRecord.from_json(e) for e in entries]
+    return checked_manifest(records, data.get("signing_alg"), str(path))
+
+
+def checked_manifest(records: list[KeyRecord], recorded: Any, where: str) -> Manifest:
+    """The manifest of ``records``, refused as a whole if it breaks an invariant every
+    writer keeps (the directory's file and the database's rows are checked alike)."""
+    path = where
     for what, values in (("kid", [r.kid for r in records]), ("file", [r.file for r in records])):
         repeated = [v for v, n in Counter(values).items() if n > 1]
         if repeated:
@@ -163,7 +170,6 @@ def parse_manifest_document(raw: bytes, path: Path) -> Manifest:
         crowded = [alg for alg, n in per_alg.items() if n > 1]
         if crowded:
             raise KeyStoreError(f"{path}: more than one {state.value} {crowded[0]} key")
-    recorded = data.get("signing_alg")
     if recorded is not None and recorded not in KNOWN_ALGS:
         raise KeyStoreError(f"{path}: unsupported signing_alg {recorded!r}")
     return Manifest(records, recorded if recorded is not None else _derived_alg(records))

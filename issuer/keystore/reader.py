@@ -3,11 +3,12 @@ in force comes from.
 
 * :class:`StaticKeyStore`: one HS256 secret given by the operator (``ISSUER_SECRET_KEY``
   or ``ISSUER_SECRET_KEY_FILE``). It never rotates.
-* :class:`DirectoryKeyStore`: the keys ``keys/manifest.json`` lists, re-read within
-  ``key_reload_interval`` seconds of a rotation, without a restart.
+* :class:`ReloadingKeyStore`: the keys a :class:`~issuer.keystore.storage.KeySource`
+  lists (``keys/``: :class:`DirectoryKeyStore`; the database: ``issuer.store.keys``),
+  re-read within ``key_reload_interval`` seconds of a rotation, without a restart.
 
-Readers take no lock on ``keys/``: a manifest that does not load (half-edited by hand, a
-missing file) is logged and the last good key set stays in force.
+Readers take no lock: a key set that does not load (a manifest half-edited by hand, a
+missing file, a database that is down) is logged and the last good key set stays in force.
 """
 
 from __future__ import annotations
@@ -23,15 +24,8 @@ from joserfc.jwk import Key, OctKey
 
 from issuer.errors import KeyStoreError
 from issuer.keystore.keyset import KeySet, LoadedKey, build_key_set
-from issuer.keystore.manifest import (
-    MANIFEST_NAME,
-    Clock,
-    KeyRecord,
-    KeyState,
-    parse_manifest_document,
-    read_manifest_bytes,
-)
-from issuer.keystore.material import check_key, deserialize_key
+from issuer.keystore.manifest import Clock, KeyRecord, KeyState
+from issuer.keystore.storage import DirectoryStorage, KeySource
 from issuer.sensitive import secret_problem
 
 log = logging.getLogger("issuer.keystore")
@@ -58,36 +52,24 @@ class StaticKeyStore:
         return self._key_set
 
 
-def load_key(keys_dir: Path, record: KeyRecord) -> LoadedKey:
-    """Read and parse the key file ``record`` names, checked against the record."""
-    path = keys_dir / record.file
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyStoreError(f"cannot read key file {path}: {exc.strerror}") from None
-    key = deserialize_key(record.alg, data)
-    check_key(key, alg=record.alg, kid=record.kid, where=f"key file {record.file} ({record.kid})")
-    return LoadedKey(record, key)
+class ReloadingKeyStore:
+    """Keys from a :class:`KeySource`, re-read when its change marker changes.
 
-
-class DirectoryKeyStore:
-    """Keys from ``keys/manifest.json``, re-read when the manifest changes on disk.
-
-    The manifest (a few hundred bytes) is re-read at most every ``reload_interval``
-    seconds and compared by content: an mtime or inode can repeat within a clock tick,
-    content cannot. Parsed keys are cached by kid, so a reload after rotation parses only
-    new key files (an RSA PEM costs ~26 ms to load; never do that per request).
+    The marker (the manifest's bytes; the database's generation counter) is re-read at
+    most every ``reload_interval`` seconds and compared by content. Parsed keys are
+    cached by kid, so a reload after rotation parses only new keys (an RSA PEM costs
+    ~26 ms to load; never do that per request).
     """
 
     def __init__(
         self,
-        keys_dir: Path,
+        source: KeySource,
         signing_alg: str,
         reload_interval: float = 1.0,
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
     ) -> None:
-        self.keys_dir = keys_dir
+        self.source = source
         # Only for a manifest that names no algorithm and has no active key to say it.
         self.signing_alg = signing_alg
         self.reload_interval = reload_interval
@@ -126,12 +108,12 @@ class DirectoryKeyStore:
             attempt += 1
             raw: bytes | None = None
             try:
-                raw = read_manifest_bytes(self.keys_dir)
+                raw = self.source.marker()
                 if last_good is not None:
                     if raw == self._manifest and now < last_good.valid_until:
                         return last_good
                     if raw is None:
-                        raise KeyStoreError(f"{self.keys_dir / MANIFEST_NAME} has disappeared")
+                        raise KeyStoreError(f"the key set in {self.source.where} has disappeared")
                 key_set = self._build(raw, now)
             except KeyStoreError as exc:
                 # A rotation may have replaced the manifest and deleted a file this read
@@ -156,7 +138,7 @@ class DirectoryKeyStore:
 
     def _manifest_differs(self, raw: bytes | None) -> bool:
         try:
-            return read_manifest_bytes(self.keys_dir) != raw
+            return self.source.marker() != raw
         except KeyStoreError:
             return False
 
@@ -171,7 +153,7 @@ class DirectoryKeyStore:
         if raw is None:
             records, signing_alg = [], self.signing_alg
         else:
-            manifest = parse_manifest_document(raw, self.keys_dir / MANIFEST_NAME)
+            manifest = self.source.manifest(raw)
             records, signing_alg = manifest.records, manifest.alg_or(self.signing_alg)
         loaded: list[LoadedKey] = []
         cache: dict[tuple[str, str, str], Key] = {}
@@ -181,8 +163,23 @@ class DirectoryKeyStore:
             cache_key = (record.kid, record.alg, record.file)
             key = self._cache.get(cache_key)
             if key is None:
-                key = load_key(self.keys_dir, record).key
+                key = self.source.key(record)
             cache[cache_key] = key
             loaded.append(LoadedKey(record, key))
         self._cache = cache
         return build_key_set(loaded, signing_alg)
+
+
+class DirectoryKeyStore(ReloadingKeyStore):
+    """Keys from ``keys/manifest.json``, re-read when the manifest changes on disk."""
+
+    def __init__(
+        self,
+        keys_dir: Path,
+        signing_alg: str,
+        reload_interval: float = 1.0,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(DirectoryStorage(keys_dir), signing_alg, reload_interval, clock, monotonic)
+        self.keys_dir = keys_dir

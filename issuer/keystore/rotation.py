@@ -1,4 +1,4 @@
-"""The write side of ``keys/``: create, rotate and revoke keys, under one file lock.
+"""The write side of a key set: create, rotate and revoke keys, under one lock.
 
 Life of a key (each ``rotate`` moves every key one step)::
 
@@ -26,39 +26,24 @@ and the old algorithm's keys stay accepted as previous keys until their tokens e
 ``force`` skips the lead time, for emergencies. When nothing signs at all (a new key set,
 or every active key removed by hand), the first key takes over at once.
 
-Writes are serialized by a file lock and crash-safe: key files are written and fsynced
-first, then the manifest is replaced by an atomic rename, then files of retired keys are
-deleted. A crash at any point leaves the previous or the next valid manifest; the
-orphaned files it may leave are removed by the next write.
+Writes are serialized and crash-safe; how is the storage's business
+(:mod:`issuer.keystore.storage`): ``keys/`` takes a file lock and renames its manifest
+into place; the database (``issuer.store.keys``) takes a database lock and writes one
+transaction. The timeline above is the same for both.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
 import math
-import os
-import re
-import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from issuer.audit import audit_event
 from issuer.errors import KeyStoreError
-from issuer.keystore.manifest import (
-    MANIFEST_NAME,
-    Clock,
-    KeyRecord,
-    KeyState,
-    Manifest,
-    load_manifest,
-    manifest_bytes,
-    read_manifest,
-)
+from issuer.keystore.manifest import Clock, KeyRecord, KeyState, Manifest
 from issuer.keystore.material import (
     ASYMMETRIC_ALGS,
     KNOWN_ALGS,
@@ -66,11 +51,27 @@ from issuer.keystore.material import (
     key_id,
     serialize_key,
 )
+from issuer.keystore.storage import (
+    KEY_FILE_RE,
+    LOCK_NAME,
+    TMP_FILE_RE,
+    DirectoryStorage,
+    KeyBackend,
+    atomic_write,
+    ensure_keys_dir,
+)
 
-LOCK_NAME = ".lock"
-# Names that only KeyManager writes: orphans with these names are safe to delete.
-KEY_FILE_RE = re.compile(r"(?:hs256|rs256|es256|eddsa)-[0-9a-f]{16}\.(?:key|pem)")
-TMP_FILE_RE = re.compile(r"\.[^/]+\.[0-9a-f]{8}\.tmp")
+__all__ = [
+    "KEY_FILE_RE",
+    "LOCK_NAME",
+    "TMP_FILE_RE",
+    "KeyManager",
+    "RotationResult",
+    "RotationTooSoonError",
+    "UnknownKeyError",
+    "atomic_write",
+    "ensure_keys_dir",
+]
 
 
 class UnknownKeyError(KeyStoreError):
@@ -118,14 +119,15 @@ class RotationResult:
 
 
 class KeyManager:
-    """The write side of ``keys/``: create, rotate, revoke, all under one file lock.
+    """The write side of a key set: create, rotate, revoke, all under the storage's lock.
 
+    ``storage`` is ``keys/`` (a path) or any :class:`KeyBackend` (the database's).
     ``signing_alg`` is the algorithm of a new key set only; an existing one keeps its own.
     """
 
     def __init__(
         self,
-        keys_dir: Path,
+        storage: Path | KeyBackend,
         signing_alg: str,
         *,
         jwks_max_age: int,
@@ -136,7 +138,9 @@ class KeyManager:
     ) -> None:
         if signing_alg not in KNOWN_ALGS:
             raise KeyStoreError(f"unsupported signing algorithm {signing_alg!r}")
-        self.keys_dir = keys_dir
+        self.storage: KeyBackend = (
+            DirectoryStorage(storage) if isinstance(storage, Path) else storage
+        )
         self.signing_alg = signing_alg
         self.jwks_max_age = jwks_max_age
         self.retire_after = retire_after
@@ -154,22 +158,22 @@ class KeyManager:
     # -- reading -------------------------------------------------------------
 
     def records(self) -> list[KeyRecord]:
-        return read_manifest(self.keys_dir)
+        return self.storage.load().records
 
     def key_set_alg(self) -> str:
         """The algorithm the key set signs with (the configured one for a new key set)."""
-        return load_manifest(self.keys_dir).alg_or(self.signing_alg)
+        return self.storage.load().alg_or(self.signing_alg)
 
     def has_signing_key(self) -> bool:
-        manifest = load_manifest(self.keys_dir)
+        manifest = self.storage.load()
         return _signs(manifest.records, manifest.alg_or(self.signing_alg))
 
     # -- writing -------------------------------------------------------------
 
     def ensure(self) -> RotationResult | None:
         """Create the first active (and next) key when nothing signs; None if nothing to do."""
-        with self._locked():
-            manifest = load_manifest(self.keys_dir)
+        with self.storage.locked():
+            manifest = self.storage.load()
             if _signs(manifest.records, manifest.alg_or(self.signing_alg)):
                 return None
             result = self._rotate(manifest, force=True, alg=None)
@@ -181,15 +185,15 @@ class KeyManager:
         see the module docstring for the timeline."""
         if alg is not None and alg not in KNOWN_ALGS:
             raise KeyStoreError(f"unsupported signing algorithm {alg!r}")
-        with self._locked():
-            result = self._rotate(load_manifest(self.keys_dir), force=force, alg=alg)
+        with self.storage.locked():
+            result = self._rotate(self.storage.load(), force=force, alg=alg)
         result.audit()
         return result
 
     def revoke(self, kid: str) -> RotationResult:
         """Remove ``kid`` at once; if it was signing, the next key (or a new one) takes over."""
-        with self._locked():
-            manifest = load_manifest(self.keys_dir)
+        with self.storage.locked():
+            manifest = self.storage.load()
             records = manifest.records
             signing_alg = manifest.alg_or(self.signing_alg)
             target = next((r for r in records if r.kid == kid), None)
@@ -315,79 +319,13 @@ class KeyManager:
     def _commit(
         self,
         records: list[KeyRecord],
-        new_files: dict[str, bytes],
+        new_files: Mapping[str, bytes],
         stale_files: list[str],
         signing_alg: str,
     ) -> None:
-        for name, data in new_files.items():
-            atomic_write(self.keys_dir / name, data)
-        atomic_write(self.keys_dir / MANIFEST_NAME, manifest_bytes(records, signing_alg))
-        in_use = {r.file for r in records}
-        # Besides this change's stale files: whatever an earlier crash left behind.
-        # Only names this class writes; we hold the lock, so no write is in flight.
-        orphans = [
-            p.name
-            for p in self.keys_dir.iterdir()
-            if KEY_FILE_RE.fullmatch(p.name) or TMP_FILE_RE.fullmatch(p.name)
-        ]
-        for name in dict.fromkeys([*stale_files, *orphans]):
-            if name and name not in in_use:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.keys_dir / name).unlink()
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        ensure_keys_dir(self.keys_dir)
-        fd = os.open(self.keys_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        self.storage.commit(records, new_files, stale_files, signing_alg)
 
 
 def _signs(records: list[KeyRecord], alg: str) -> bool:
     """Whether an active key of ``alg`` is there to sign."""
     return any(r.state is KeyState.ACTIVE and r.alg == alg for r in records)
-
-
-def ensure_keys_dir(keys_dir: Path) -> None:
-    """Create ``keys_dir`` (0700) if needed; tighten one that others can read."""
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = keys_dir.stat().st_mode & 0o777
-    if mode & 0o077:
-        try:
-            keys_dir.chmod(0o700)
-        except OSError as exc:
-            raise KeyStoreError(f"{keys_dir} is readable by others and cannot be fixed") from exc
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (mode 0600) so readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError as exc:  # pragma: no cover - platform without directory fds
-        if exc.errno in (errno.EACCES, errno.EISDIR):
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
