@@ -97,6 +97,10 @@ class _RefusePassword(argparse.Action):
 
 def _store(settings: Settings, args: argparse.Namespace) -> Store:
     """The issuer's store on a migrated database, closed when the command ends."""
+    return _migrated_store(settings, args)
+
+
+def _migrated_store(settings: Settings, args: argparse.Namespace) -> Store:
     from issuer.store.configured import open_migrated_store  # noqa: PLC0415 - start-up time
 
     try:
@@ -105,6 +109,15 @@ def _store(settings: Settings, args: argparse.Namespace) -> Store:
         raise UsageError(str(exc)) from None
     args.opened.callback(store.close)
     return store
+
+
+def _key_manager(settings: Settings, args: argparse.Namespace) -> KeyManager:
+    """The key set's writer: ``keys/``, or the database's (opened, closed at the end)."""
+    from issuer.compose import build_key_manager  # noqa: PLC0415 - start-up time
+
+    if settings.key_store != "database":
+        return build_key_manager(settings)
+    return build_key_manager(settings, store=_migrated_store(settings, args))
 
 
 def _users(settings: Settings, args: argparse.Namespace) -> tuple[Store, UserAdmin]:
@@ -200,9 +213,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from issuer.http.protocol import PROTOCOL, ServerConfig  # noqa: PLC0415
     from issuer.http.serving import serve  # noqa: PLC0415
 
-    build_key_store(settings)  # fail fast, with a message, before any worker starts
-    _store(settings, args)  # a migrated database, or a message before any worker starts
-    args.opened.close()  # and its connections closed while the server runs
+    # Fail fast, with a message, before any worker starts: no signing key, or a database
+    # that is not migrated (its connections closed again while the server runs).
+    if settings.key_store == "database":
+        build_key_store(settings, _migrated_store(settings, args))
+    else:
+        build_key_store(settings)
+        _store(settings, args)
+    args.opened.close()
     configure_logging(settings.log_level, settings.log_format)
     config = ServerConfig(
         "issuer.app:app_factory",
@@ -275,6 +293,8 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     )
     if settings.signing_alg == "HS256" and settings.secret_key is not None:
         print("signing with the HS256 secret from the environment")
+    elif settings.key_store == "database":
+        _init_database_keys(settings, args)
     else:
         manager = build_key_manager(settings)
         result = manager.ensure()
@@ -298,6 +318,19 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _init_database_keys(settings: Settings, args: argparse.Namespace) -> None:
+    """``issuer init`` with ``key_store = "database"``: the first keys, sealed, in the
+    database (no keys/ directory is created)."""
+    manager = _key_manager(settings, args)
+    result = manager.ensure()
+    alg = manager.key_set_alg()
+    if result is None:
+        print(f"{alg} keys already present in the database")
+        _note_key_set_alg(settings, alg)
+    else:
+        print(f"created {alg} keys in the database (sealed): " + ", ".join(result.created))
 
 
 def exposed_files(settings: Settings) -> list[tuple[Path, int]]:
@@ -585,10 +618,8 @@ def _require_managed_keys(settings: Settings) -> None:
 
 
 def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
-    from issuer.compose import build_key_manager  # noqa: PLC0415 - start-up time
-
     _require_managed_keys(settings)
-    manager = build_key_manager(settings)
+    manager = _key_manager(settings, args)
     result = manager.rotate(force=args.force, alg=args.alg)
     _report(result, manager)
     if args.alg is None and result.staged is None:
@@ -597,9 +628,7 @@ def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    from issuer.compose import build_key_manager  # noqa: PLC0415 - start-up time
-
-    records = build_key_manager(settings).records()
+    records = _key_manager(settings, args).records()
     print(f"{'KID':<46} {'ALG':<6} {'STATE':<9} {'CREATED':<21} RETIRES")
     for r in records:
         print(
@@ -609,13 +638,27 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from issuer.compose import build_key_manager  # noqa: PLC0415 - start-up time
-
     kid = args.kid
-    result = build_key_manager(settings).revoke(kid)
+    result = _key_manager(settings, args).revoke(kid)
     print(f"revoked  {kid}: tokens it signed are refused from now on")
     if result.activated:
         print(f"active   {result.activated}")
+    return 0
+
+
+def cmd_keys_rewrap(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-seal the database's keys under ISSUER_KEY_ENCRYPTION_KEY, opening them with
+    ISSUER_KEY_ENCRYPTION_KEY_OLD: one transaction, under the key set's lock."""
+    from issuer.compose import build_key_storage  # noqa: PLC0415 - start-up time
+
+    if settings.key_store != "database":
+        raise UsageError("`issuer keys rewrap` is for key_store = database (keys/ is not sealed)")
+    storage = build_key_storage(settings, _migrated_store(settings, args))
+    count = storage.rewrap()
+    print(
+        f"rewrapped {count} key(s): every key is sealed under key-encryption key "
+        f"{storage.sealer.kek_id}; ISSUER_KEY_ENCRYPTION_KEY_OLD may now be removed"
+    )
     return 0
 
 
@@ -743,6 +786,11 @@ def build_parser() -> argparse.ArgumentParser:
     krv = keys.add_parser("revoke", help="remove a key at once (after a leak)")
     krv.add_argument("kid", help="the key id (see `issuer keys list`)")
     krv.set_defaults(func=cmd_keys_revoke, audited=True)
+    keys.add_parser(
+        "rewrap",
+        help="database key store: re-seal every key under ISSUER_KEY_ENCRYPTION_KEY "
+        "(the old KEK in ISSUER_KEY_ENCRYPTION_KEY_OLD)",
+    ).set_defaults(func=cmd_keys_rewrap, audited=True)
     return parser
 
 

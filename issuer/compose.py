@@ -16,15 +16,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from issuer.errors import ConfigError, KeyStoreError
-from issuer.keystore import DirectoryKeyStore, KeyManager, KeyStore, StaticKeyStore
+from issuer.keystore import (
+    DirectoryKeyStore,
+    KeyManager,
+    KeyStore,
+    ReloadingKeyStore,
+    Sealer,
+    StaticKeyStore,
+)
 from issuer.oauth.server import IssuerServer
 from issuer.passwords import PasswordHasher
 from issuer.ratelimit import LoginLimiter, LoginPolicy, hash_key_for
 from issuer.resets import AddressBudget, PasswordResets
+from issuer.sensitive import parse_kek
 from issuer.sessions import SessionPolicy, session_ended
 from issuer.settings import Settings
 from issuer.store.base import Store, UserStore
 from issuer.store.configured import load_user_store, open_store
+from issuer.store.keys import DatabaseKeyStorage
 from issuer.store.sql import SqlStore
 from issuer.tokens import ACCESS, REFRESH, TokenService
 
@@ -35,6 +44,7 @@ __all__ = [
     "StoreRevocations",
     "build_components",
     "build_key_manager",
+    "build_key_storage",
     "build_key_store",
     "build_login_limiter",
     "build_password_resets",
@@ -62,35 +72,68 @@ class StoreRevocations:
         return True
 
 
-def build_key_store(settings: Settings) -> KeyStore:
+def build_key_store(settings: Settings, store: Store | None = None) -> KeyStore:
     """The key source settings ask for; KeyStoreError if it has no signing key.
 
-    A key set in ``keys_dir`` signs with its own algorithm (recorded in its manifest);
-    a different ``signing_alg`` setting is followed by nobody and said once, here.
+    A key set signs with its own algorithm (recorded with it); a different
+    ``signing_alg`` setting is followed by nobody and said once, here. The database key
+    store reads through ``store``'s engine (required with ``key_store = "database"``).
     """
     keys: KeyStore
     if settings.signing_alg == "HS256" and settings.secret_key is not None:
         keys = StaticKeyStore(settings.secret_key.reveal())
+    elif settings.key_store == "database":
+        keys = ReloadingKeyStore(
+            build_key_storage(settings, store),
+            settings.signing_alg,
+            settings.key_reload_interval,
+        )
     else:
         keys = DirectoryKeyStore(
             settings.keys_dir, settings.signing_alg, settings.key_reload_interval
         )
     signing = keys.current().signing
     if signing is None:
-        raise KeyStoreError(no_signing_key_message(settings))
+        raise KeyStoreError(no_signing_key_message(settings, store))
     note = key_set_alg_note(settings, signing.alg)
     if note:
         log.warning("%s", note)
     return keys
 
 
-def no_signing_key_message(settings: Settings) -> str:
+def build_key_storage(settings: Settings, store: Store | None) -> DatabaseKeyStorage:
+    """The database key store on ``store``'s engine, sealing under the configured KEK
+    (and opening what the previous KEK sealed, while a KEK change rolls out)."""
+    if settings.key_encryption_key is None:
+        raise ConfigError(["key_encryption_key: key_store = database needs a KEK"])
+    older = (
+        [parse_kek(settings.key_encryption_key_old.reveal())]
+        if settings.key_encryption_key_old is not None
+        else []
+    )
+    sealer = Sealer(parse_kek(settings.key_encryption_key.reveal()), older)
+    return DatabaseKeyStorage(_sql(store).engine, sealer)
+
+
+def _sql(store: Store | None) -> SqlStore:
+    """The SQL store the database key store shares its engine with."""
+    if not isinstance(store, SqlStore):
+        raise ConfigError(["key_store: the database key store needs the SQL database opened"])
+    return store
+
+
+def key_store_location(settings: Settings) -> str:
+    """Where the key set lives, for messages."""
+    return "the database" if settings.key_store == "database" else str(settings.keys_dir)
+
+
+def no_signing_key_message(settings: Settings, store: Store | None = None) -> str:
     """What is wrong when nothing signs, and the command (with its algorithm) that fixes it."""
-    alg = build_key_manager(settings).key_set_alg()
+    alg = build_key_manager(settings, store=store).key_set_alg()
     hint = f"run `issuer init` or `issuer keys rotate` (nothing signs: a {alg} key signs at once)"
     if alg == "HS256":
         hint += ", or set ISSUER_SECRET_KEY / ISSUER_SECRET_KEY_FILE"
-    return f"no active {alg} key in {settings.keys_dir}: {hint}"
+    return f"no active {alg} key in {key_store_location(settings)}: {hint}"
 
 
 def key_set_alg_note(settings: Settings, key_set_alg: str) -> str | None:
@@ -98,17 +141,25 @@ def key_set_alg_note(settings: Settings, key_set_alg: str) -> str | None:
     if key_set_alg == settings.signing_alg:
         return None
     return (
-        f"the key set in {settings.keys_dir} signs with {key_set_alg}; signing_alg = "
+        f"the key set in {key_store_location(settings)} signs with {key_set_alg}; signing_alg = "
         f"{settings.signing_alg} only applies to a new key set. To switch, run "
         f"`issuer keys rotate --alg {settings.signing_alg}` (staged: the next rotation "
         f"activates it), or set signing_alg = {key_set_alg} to silence this"
     )
 
 
-def build_key_manager(settings: Settings, clock: Callable[[], float] = time.time) -> KeyManager:
-    """The write side of ``keys/``, with the retirement horizon the token lifetimes imply."""
+def build_key_manager(
+    settings: Settings,
+    clock: Callable[[], float] = time.time,
+    *,
+    store: Store | None = None,
+) -> KeyManager:
+    """The write side of the key set (``keys/``, or the database through ``store``), with
+    the retirement horizon the token lifetimes imply."""
     return KeyManager(
-        settings.keys_dir,
+        build_key_storage(settings, store)
+        if settings.key_store == "database"
+        else settings.keys_dir,
         settings.signing_alg,
         jwks_max_age=settings.jwks_max_age,
         retire_after=settings.refresh_lifetime_bound,
@@ -143,7 +194,7 @@ def build_components(settings: Settings, *, clock: Callable[[], float] = time.ti
     """settings → stores → key store → token service → server: the whole graph, in order."""
     store = open_store(settings)
     users = load_user_store(settings, store)
-    keys = build_key_store(settings)
+    keys = build_key_store(settings, store)
     tokens = TokenService(
         keys,
         issuer=settings.url,
@@ -209,7 +260,7 @@ def build_login_limiter(settings: Settings) -> LoginLimiter:
     try:
         hash_key = hash_key_for(
             settings.rate_limit_storage,
-            settings.secret_key.reveal() if settings.secret_key is not None else None,
+            _shared_secret(settings),
             settings.keys_dir,
         )
     except (OSError, ValueError) as exc:
@@ -227,6 +278,16 @@ def build_login_limiter(settings: Settings) -> LoginLimiter:
         namespace=settings.rate_limit_key_prefix,
         hash_key=hash_key,
     )
+
+
+def _shared_secret(settings: Settings) -> str | None:
+    """A secret every replica already shares, to key the limiter's hashes: the HS256
+    secret, else the database key store's KEK (no shared keys/ then); None: keys/."""
+    if settings.secret_key is not None:
+        return settings.secret_key.reveal()
+    if settings.key_store == "database" and settings.key_encryption_key is not None:
+        return settings.key_encryption_key.reveal()
+    return None
 
 
 def purge_expired_state(store: Store, now: int, leeway: int) -> tuple[int, int]:

@@ -17,10 +17,10 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 __all__ = [
+    "KEK_GENERATE_HINT",
     "MIN_SECRET_BYTES",
     "MIN_SECRET_ENTROPY_BITS",
     "Secret",
-    "KEK_GENERATE_HINT",
     "estimated_entropy_bits",
     "parse_kek",
     "redact_url",

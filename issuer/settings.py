@@ -349,15 +349,19 @@ def _read_kek(env: Mapping[str, str], name: str, problems: list[str]) -> str | N
     return text
 
 
-def _validate(s: Settings) -> list[str]:
-    problems: list[str] = []
+def _key_store_problems(s: Settings) -> list[str]:
     if s.key_store not in CHOICES["key_store"]:
-        problems.append("key_store: must be directory or database")
-    elif s.key_store == "database" and s.key_encryption_key is None:
-        problems.append(
+        return ["key_store: must be directory or database"]
+    if s.key_store == "database" and s.key_encryption_key is None:
+        return [
             "key_encryption_key: key_store = database needs ISSUER_KEY_ENCRYPTION_KEY or "
             f"ISSUER_KEY_ENCRYPTION_KEY_FILE (generate one: {KEK_GENERATE_HINT})"
-        )
+        ]
+    return []
+
+
+def _validate(s: Settings) -> list[str]:
+    problems: list[str] = _key_store_problems(s)
     problems.extend(_url_problems(s))
     if not s.audience.strip():
         problems.append("audience: must not be empty")

@@ -24,7 +24,15 @@ from issuer.store import migrate
 from issuer.store.schema import metadata
 from issuer.store.sql import SqlStore, make_engine
 
-TABLES = {"users", "clients", "refresh_tokens", "revoked_access_tokens", "password_resets"}
+TABLES = {
+    "users",
+    "clients",
+    "refresh_tokens",
+    "revoked_access_tokens",
+    "password_resets",
+    "signing_keys",
+    "key_set",
+}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -55,9 +55,7 @@ class Sealer:
     def seal(self, plaintext: bytes, *, kid: str, alg: str) -> bytes:
         """``nonce || ciphertext+tag`` under the current KEK, bound to ``kid`` and ``alg``."""
         nonce = secrets.token_bytes(NONCE_BYTES)
-        return nonce + self._keks[self.kek_id].encrypt(
-            nonce, plaintext, associated_data(kid, alg)
-        )
+        return nonce + self._keks[self.kek_id].encrypt(nonce, plaintext, associated_data(kid, alg))
 
     def open(self, sealed: bytes, *, kid: str, alg: str, sealed_by: str) -> bytes:
         """The plaintext; KeyStoreError (one line, nothing secret) if it cannot be opened."""

@@ -24,7 +24,7 @@ from issuer.store.sql import SqlStore, make_engine
 # The newest migration shipped in issuer/store/migrations/versions/. Written here so that
 # checking a database needs no Alembic (a CLI command would spend most of its start-up
 # importing it); tests/test_store_configured.py keeps it equal to Alembic's head.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 _VERSION_TABLE = table("alembic_version", column("version_num"))
 

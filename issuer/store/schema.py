@@ -12,6 +12,8 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -100,4 +102,34 @@ revoked_access_tokens = Table(
     Column("jti", String(64), primary_key=True),
     Column("expires_at", BigInteger, nullable=False),
     Index("ix_revoked_access_tokens_expires_at", "expires_at"),
+)
+
+# The database key store (key_store = "database"): one row per key, its private material
+# sealed with AES-GCM under the key-encryption key (never stored; kek_id names it), bound
+# to its kid and alg. key_set is one row: the key set's algorithm and a generation counter
+# that every change increments, which is what readers poll.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(8), nullable=False),
+    Column("state", String(8), nullable=False),
+    # The record's name (a key file's name in keys/): unique, as in the manifest.
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("published_at", BigInteger, nullable=True),
+    Column("activated_at", BigInteger, nullable=True),
+    Column("retire_at", BigInteger, nullable=True),
+    Column("kek_id", String(16), nullable=False),
+    Column("sealed", LargeBinary, nullable=False),
+    CheckConstraint("state IN ('next', 'active', 'previous')", name="state"),
+)
+
+key_set = Table(
+    "key_set",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("signing_alg", String(8), nullable=True),
+    Column("generation", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="one_row"),
 )
