@@ -177,7 +177,13 @@ def load_settings(
             settings_kwargs[name] = Secret(kek)
 
     settings = dataclasses.replace(_DEFAULTS, **settings_kwargs)
-    problems.extend(_with_source(p, settings, sources) for p in _validate(settings))
+    # A KEK refused as malformed is not also reported missing.
+    kek_refused = any(p.startswith("key_encryption_key") for p in problems)
+    problems.extend(
+        _with_source(p, settings, sources)
+        for p in _validate(settings)
+        if not (kek_refused and p.startswith("key_encryption_key:"))
+    )
     if problems:
         raise ConfigError(problems)
     return settings
