@@ -1,10 +1,13 @@
 """The README's "Deploying several replicas", followed on one machine with two ports:
-one configuration file for both replicas, PostgreSQL, Redis, one key set; migrations and
-the rotation run once; both replicas ready, serving one session and one key set; a
-replica stopped with SIGTERM leaves the other serving (issue 9)."""
+one configuration file for both replicas, PostgreSQL, Redis, the database key store (no
+shared keys/ directory: each replica has its own, which stays empty); migrations and the
+rotation run once; both replicas ready, serving one session and one key set; a replica
+stopped with SIGTERM leaves the other serving (issue 9)."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -38,13 +41,14 @@ def test_two_replicas_deployed_as_the_readme_says(tmp_path, postgres_url, redis_
         f'rate_limit_key_prefix = "{redis_namespace}"\n'
         'trusted_proxies = ["127.0.0.1"]\n'
         'signing_alg = "ES256"\n'
-        f'keys_dir = "{tmp_path / "keys"}"\n'
+        'key_store = "database"\n'
         "workers = 2\n"
         "shutdown_timeout = 30\n"
         "jwks_max_age = 1\n"
         "key_reload_interval = 0.2\n"
         "bcrypt_rounds = 4\n"
     )
+    kek = base64.b64encode(secrets.token_bytes(32)).decode()  # `openssl rand -base64 32`
     replicas = []
     for name in ("replica1", "replica2"):
         workdir = tmp_path / name
@@ -55,7 +59,14 @@ def test_two_replicas_deployed_as_the_readme_says(tmp_path, postgres_url, redis_
             for k, v in server_env(workdir).items()
             if k not in ("ISSUER_KEYS_DIR", "ISSUER_DATABASE_URL", "ISSUER_BCRYPT_ROUNDS")
         }
-        env.update({"ISSUER_CONFIG": str(config), "ISSUER_URL": public_url})
+        # The KEK comes from the environment (a secret store), never from the file.
+        env.update(
+            {
+                "ISSUER_CONFIG": str(config),
+                "ISSUER_URL": public_url,
+                "ISSUER_KEY_ENCRYPTION_KEY": kek,
+            }
+        )
         replica = LiveServer(workdir, env)
         replica.url = f"http://127.0.0.1:{free_port()}"  # its own port behind the proxy
         replicas.append(replica)
@@ -123,6 +134,8 @@ def test_two_replicas_deployed_as_the_readme_says(tmp_path, postgres_url, redis_
         )
         assert again.status_code == 200, again.text
         assert httpx.get(second.url + "/readyz").status_code == 200
+        for replica in replicas:
+            assert not (replica.workdir / "keys").exists()  # nothing on disk to share
     finally:
         for replica in replicas:
             replica.stop()
@@ -131,6 +144,14 @@ def test_two_replicas_deployed_as_the_readme_says(tmp_path, postgres_url, redis_
 def test_the_readme_guide_names_what_this_test_follows():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     guide = readme.split("## Deploying several replicas", 1)[1].split("\n## ", 1)[0]
-    for needle in ("trusted_proxies", "proxy_pass", "issuer db upgrade", "/readyz", "SIGTERM"):
+    for needle in (
+        "trusted_proxies",
+        "proxy_pass",
+        "issuer db upgrade",
+        "/readyz",
+        "SIGTERM",
+        'key_store = "database"',
+        "ISSUER_KEY_ENCRYPTION_KEY",
+    ):
         assert needle in guide, needle
     assert "tests/test_e2e_deployment.py" in guide
