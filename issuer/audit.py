@@ -61,6 +61,7 @@ EVENTS: Mapping[str, str] = {
     "key.retired": "a key stopped signing (it still verifies until it is removed)",
     "key.removed": "a retired key passed its retirement time and was deleted",
     "key.revoked": "an operator revoked a key: tokens it signed are refused",
+    "key.rewrapped": "the database key store's keys were re-sealed under a new key-encryption key",
 }
 
 # Events an operator should look at: logged at WARNING, the rest at INFO.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from joserfc.jwk import OctKey
-from sqlalchemy import Engine, inspect, select, text, update
+from sqlalchemy import Engine, MetaData, Table, inspect, select, text, update
 from starlette.testclient import TestClient
 
 from issuer.app import create_app
@@ -169,8 +169,12 @@ def manager_for(engine: Engine, sealer: Sealer, clock: FakeClock, alg: str = "ES
     )
 
 
-def reader_for(engine: Engine, sealer: Sealer, clock: FakeClock, alg: str = "ES256") -> ReloadingKeyStore:
-    return ReloadingKeyStore(DatabaseKeyStorage(engine, sealer), alg, reload_interval=0, clock=clock)
+def reader_for(
+    engine: Engine, sealer: Sealer, clock: FakeClock, alg: str = "ES256"
+) -> ReloadingKeyStore:
+    return ReloadingKeyStore(
+        DatabaseKeyStorage(engine, sealer), alg, reload_interval=0, clock=clock
+    )
 
 
 def test_the_timeline_is_the_directory_stores(engine: Engine) -> None:
@@ -190,9 +194,10 @@ def test_the_timeline_is_the_directory_stores(engine: Engine) -> None:
     assert result.activated == upcoming.kid and result.demoted == [active.kid]
     records = manager.records()
     previous = only(records, KeyState.PREVIOUS)
-    assert previous.kid == active.kid and previous.retire_at == START + manager.lead_time(
-        "ES256"
-    ) + 3600 + manager.propagation
+    assert (
+        previous.kid == active.kid
+        and previous.retire_at == START + manager.lead_time("ES256") + 3600 + manager.propagation
+    )
 
     clock.advance(4000)
     result = manager.rotate(force=True)
@@ -349,7 +354,8 @@ def dump_every_cell(engine: Engine) -> list[bytes]:
     cells: list[bytes] = []
     with engine.connect() as conn:
         for table in inspect(conn).get_table_names():
-            for row in conn.execute(text(f'SELECT * FROM "{table}"')):
+            reflected = Table(table, MetaData(), autoload_with=conn)
+            for row in conn.execute(select(reflected)):
                 for value in row:
                     if value is None:
                         continue

@@ -26,6 +26,7 @@ from joserfc.jwk import Key
 from sqlalchemy import Connection, Engine, delete, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from issuer.audit import audit_event
 from issuer.errors import KeyStoreError
 from issuer.keystore.manifest import KeyRecord, KeyState, Manifest, checked_manifest
 from issuer.keystore.material import check_key, deserialize_key
@@ -180,6 +181,7 @@ class DatabaseKeyStorage:
                     )
                 )
                 count += 1
+        audit_event("key.rewrapped", keys=count, kek_id=self.sealer.kek_id)
         return count
 
     def _check_keks(self, conn: Connection) -> None:
