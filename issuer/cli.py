@@ -97,10 +97,6 @@ class _RefusePassword(argparse.Action):
 
 def _store(settings: Settings, args: argparse.Namespace) -> Store:
     """The issuer's store on a migrated database, closed when the command ends."""
-    return _migrated_store(settings, args)
-
-
-def _migrated_store(settings: Settings, args: argparse.Namespace) -> Store:
     from issuer.store.configured import open_migrated_store  # noqa: PLC0415 - start-up time
 
     try:
@@ -117,7 +113,7 @@ def _key_manager(settings: Settings, args: argparse.Namespace) -> KeyManager:
 
     if settings.key_store != "database":
         return build_key_manager(settings)
-    return build_key_manager(settings, store=_migrated_store(settings, args))
+    return build_key_manager(settings, store=_store(settings, args))
 
 
 def _users(settings: Settings, args: argparse.Namespace) -> tuple[Store, UserAdmin]:
@@ -216,7 +212,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # Fail fast, with a message, before any worker starts: no signing key, or a database
     # that is not migrated (its connections closed again while the server runs).
     if settings.key_store == "database":
-        build_key_store(settings, _migrated_store(settings, args))
+        build_key_store(settings, _store(settings, args))
     else:
         build_key_store(settings)
         _store(settings, args)
@@ -653,7 +649,7 @@ def cmd_keys_rewrap(settings: Settings, args: argparse.Namespace) -> int:
 
     if settings.key_store != "database":
         raise UsageError("`issuer keys rewrap` is for key_store = database (keys/ is not sealed)")
-    storage = build_key_storage(settings, _migrated_store(settings, args))
+    storage = build_key_storage(settings, _store(settings, args))
     count = storage.rewrap()
     print(
         f"rewrapped {count} key(s): every key is sealed under key-encryption key "

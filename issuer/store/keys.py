@@ -24,7 +24,7 @@ from typing import Any
 
 from joserfc.jwk import Key
 from sqlalchemy import Connection, Engine, delete, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from issuer.audit import audit_event
 from issuer.errors import KeyStoreError
@@ -239,8 +239,6 @@ def _times(record: KeyRecord) -> dict[str, Any]:
 
 def _database_problem(exc: SQLAlchemyError, engine: Engine) -> str:
     """One line for a database failure of the key store (never the statement)."""
-    from sqlalchemy.exc import OperationalError  # noqa: PLC0415
-
     if isinstance(exc, OperationalError):
         cause = describe_database_error(exc, engine.url.render_as_string(hide_password=True))
     else:
