@@ -22,7 +22,7 @@ from authlib.consts import default_json_headers
 
 from issuer.oauth import grants
 from issuer.oauth.grants import PasswordGrant, RefreshCredential, RefreshTokenGrant
-from tests.conftest import PASSWORD, add_client
+from tests.conftest import PASSWORD, add_client, password_form
 from tests.test_oauth_server import Core, basic_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,10 +98,6 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
 @pytest.fixture
 def core() -> Core:
     return Core()
-
-
-def password_form(**extra: str) -> dict[str, str]:
-    return {"grant_type": "password", "username": "alice", "password": PASSWORD, **extra}
 
 
 # -- the version this contract was written against -------------------------------------
