@@ -99,6 +99,11 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+def logged_in(issuer, username: str) -> dict[str, str]:
+    """The Authorization header of ``username``'s fresh access token."""
+    return bearer(login(issuer, issuer.web, username, ok=True)["access_token"])
+
+
 def assert_invalid_token(response, token: str | None = None) -> None:
     assert response.status_code == 401, response.text
     challenge = response.headers["www-authenticate"]
@@ -176,26 +181,20 @@ def test_disabled_user_is_forbidden_though_the_token_is_valid(issuer, api, compo
 
 
 def test_role_check_admits_the_role(issuer, api):
-    r = api.get(
-        "/admin", headers=bearer(login(issuer, issuer.web, "root", ok=True)["access_token"])
-    )
+    r = api.get("/admin", headers=logged_in(issuer, "root"))
     assert r.status_code == 200, r.text
     assert r.json()["role"] == "admin"
 
 
 def test_role_check_forbids_other_roles(issuer, api):
-    r = api.get(
-        "/admin", headers=bearer(login(issuer, issuer.web, "alice", ok=True)["access_token"])
-    )
+    r = api.get("/admin", headers=logged_in(issuer, "alice"))
     assert r.status_code == 403
     assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
 
 
 def test_role_check_admits_any_of_several_roles_and_no_other(issuer, api):
     for username, status in (("root", 200), ("alice", 200), ("vic", 403)):
-        r = api.get(
-            "/staff", headers=bearer(login(issuer, issuer.web, username, ok=True)["access_token"])
-        )
+        r = api.get("/staff", headers=logged_in(issuer, username))
         assert r.status_code == status, (username, r.text)
 
 
@@ -221,25 +220,19 @@ def test_unknown_role_name_fails_when_the_route_is_defined():
 
 
 def test_starlette_route_authenticates_with_a_role(issuer, starlette_api):
-    r = starlette_api.get(
-        "/eng", headers=bearer(login(issuer, issuer.web, "alice", ok=True)["access_token"])
-    )
+    r = starlette_api.get("/eng", headers=logged_in(issuer, "alice"))
     assert r.status_code == 200, r.text
     assert r.json()["username"] == "alice"
 
 
 def test_starlette_route_without_roles_admits_any_active_user(issuer, starlette_api):
-    r = starlette_api.get(
-        "/anyone", headers=bearer(login(issuer, issuer.web, "vic", ok=True)["access_token"])
-    )
+    r = starlette_api.get("/anyone", headers=logged_in(issuer, "vic"))
     assert r.status_code == 200, r.text
     assert r.json()["role"] == "viewer"
 
 
 def test_starlette_role_is_matched_exactly_so_admin_is_not_engineer(issuer, starlette_api):
-    r = starlette_api.get(
-        "/eng", headers=bearer(login(issuer, issuer.web, "root", ok=True)["access_token"])
-    )
+    r = starlette_api.get("/eng", headers=logged_in(issuer, "root"))
     assert r.status_code == 403
 
 

@@ -62,6 +62,21 @@ class _IssuerGrant:
         self.request.client = client
         return client
 
+    def generate_token(
+        self,
+        user: User,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        """Authlib's one call for a token response; each grant's :meth:`issue` answers it
+        (``grant_type``, ``expires_in`` and ``include_refresh_token`` are the grant's own)."""
+        return self.issue(user, scope)
+
+    def issue(self, user: User, scope: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
 
 class PasswordGrant(_IssuerGrant, ResourceOwnerPasswordCredentialsGrant):  # type: ignore[misc]
     """Resource Owner Password Credentials, RFC 6749 §4.3 (first-party apps only, RFC 9700 §2.4).
@@ -101,14 +116,7 @@ class PasswordGrant(_IssuerGrant, ResourceOwnerPasswordCredentialsGrant):  # typ
         self.server.on_login_success(self.request, canonical)
         return user
 
-    def generate_token(
-        self,
-        user: User,
-        scope: str | None = None,
-        grant_type: str | None = None,
-        expires_in: int | None = None,
-        include_refresh_token: bool = True,
-    ) -> dict[str, Any]:
+    def issue(self, user: User, scope: str | None) -> dict[str, Any]:
         """A new session's tokens. Authlib passes the *requested* scope;
         the granted one (the client's default when none was requested) was resolved in
         authenticate_user."""
@@ -228,14 +236,7 @@ class RefreshTokenGrant(_IssuerGrant, AuthlibRefreshTokenGrant):  # type: ignore
             raise InvalidGrantError(BAD_REFRESH)
         return user
 
-    def generate_token(
-        self,
-        user: User,
-        scope: str | None = None,
-        grant_type: str | None = None,
-        expires_in: int | None = None,
-        include_refresh_token: bool = True,
-    ) -> dict[str, Any]:
+    def issue(self, user: User, scope: str | None) -> dict[str, Any]:
         """The session's next tokens (``scope``: the requested one, else the granted one).
 
         A lost-response retry gets its successor again (nothing new to record); otherwise
