@@ -244,7 +244,8 @@ class RefreshTokenGrant(_IssuerGrant, AuthlibRefreshTokenGrant):  # type: ignore
         """
         credential: RefreshCredential = self.request.refresh_token
         old = credential.record
-        access_scope = " ".join(scope_list(scope or old.scope))
+        # Authlib passes the granted scope itself when none was requested (the common case).
+        access_scope = old.scope if scope == old.scope else " ".join(scope_list(scope or ""))
         secret = presented_secret(self.request)
         if credential.retry_of is not None:
             retried = self.server.reissue_tokens(
