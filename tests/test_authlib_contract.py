@@ -155,6 +155,19 @@ def test_password_grant_checks_the_grant_type_before_authenticate_user(core, rec
     secret = add_client(core.store, "refresher", grants=("refresh_token",))
     response = core.token(password_form(), headers=basic_header("refresher", secret))
     assert (response.status, response.body["error"]) == (400, "unauthorized_client")
+    # The README's wording (grants.py checks before Authlib does, with its own).
+    assert response.body["error_description"] == "The client may not use the password grant."
+    assert recorder.names() == ["authenticate_token_endpoint_client"]
+
+
+def test_refresh_grant_checks_the_grant_type_before_authenticate_refresh_token(core, recorder):
+    secret = add_client(core.store, "once", grants=("password",))
+    response = core.token(
+        {"grant_type": "refresh_token", "refresh_token": "anything"},
+        headers=basic_header("once", secret),
+    )
+    assert (response.status, response.body["error"]) == (400, "unauthorized_client")
+    assert response.body["error_description"] == ("The client may not use the refresh_token grant.")
     assert recorder.names() == ["authenticate_token_endpoint_client"]
 
 

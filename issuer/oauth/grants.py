@@ -50,15 +50,21 @@ RESPONSE_DECIDED = "after_create_token_response"
 
 
 class _IssuerGrant:
-    """What both grants share: the client is on the request as soon as it is authenticated."""
+    """What both grants share: the client, once authenticated, is checked for the grant
+    and put on the request."""
 
+    GRANT_TYPE: str
     request: OAuth2Request
     server: IssuerServer
 
     def authenticate_token_endpoint_client(self) -> OAuthClient:
+        client: OAuthClient = super().authenticate_token_endpoint_client()  # type: ignore[misc]
+        # Authlib checks the grant type right after this, with its own wording; the README
+        # documents this one.
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError(f"The client may not use the {self.GRANT_TYPE} grant.")
         # Authlib's password grant sets request.client only after authenticate_user; the
         # failure budgets and the scope, checked before bcrypt, need it earlier.
-        client: OAuthClient = super().authenticate_token_endpoint_client()  # type: ignore[misc]
         self.request.client = client
         return client
 
