@@ -205,14 +205,35 @@ def client(components: Components) -> Iterator[TestClient]:
 TOKEN_PATH = "/oauth/token"
 
 
+def password_form(username: str = "alice", password: str = PASSWORD, **form: str) -> dict[str, str]:
+    """A password grant's form: alice's right password unless told otherwise."""
+    return {"grant_type": "password", "username": username, "password": password, **form}
+
+
 def login(
-    http: Any, auth: Any, username: str = "alice", password: str = PASSWORD, **form: str
+    http: Any,
+    auth: Any = None,
+    username: str = "alice",
+    password: str = PASSWORD,
+    *,
+    ok: bool = False,
+    **form: str,
 ) -> Any:
-    """The password grant through ``http`` (a TestClient or httpx client) with client
-    credentials ``auth`` (Basic, or None for a public client's form ``client_id``): the
-    response, whatever it is. The suite's one login helper."""
-    data = {"grant_type": "password", "username": username, "password": password, **form}
-    return http.post(TOKEN_PATH, data=data, auth=auth)
+    """The password grant through ``http`` with client credentials ``auth`` (Basic, or None
+    for a public client's form ``client_id``). The suite's one login helper.
+
+    ``http`` is anything with ``post(path, data=..., auth=...)`` answering an httpx-style
+    response: a TestClient, an httpx client, or the protocol core's harness
+    (``tests.test_oauth_server.Core``). ``form`` adds or overrides parameters. Returns the
+    response, whatever it is; with ``ok=True`` the login must succeed (200) and the token
+    response body is returned.
+    """
+    response = http.post(TOKEN_PATH, data=password_form(username, password, **form), auth=auth)
+    if not ok:
+        return response
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def add_user(

@@ -26,7 +26,7 @@ from issuer.logs import JsonFormatter, TextFormatter
 from issuer.models import Role
 from issuer.resets import PasswordResets, ResetTokenError
 from issuer.sessions import Sessions
-from tests.conftest import PASSWORD, add_client, add_user, migrate_database
+from tests.conftest import PASSWORD, add_client, add_user, login, migrate_database
 from tests.keystore_support import FakeClock, build_key_manager
 from tests.test_cli import Cli, cli, ready  # noqa: F401 - fixtures
 
@@ -76,11 +76,6 @@ def assert_no_secret(seen: Recorded) -> None:
 
 def token(client: TestClient, auth: tuple[str, str | None], **form: str) -> Any:
     return client.post("/oauth/token", data=form, auth=auth)
-
-
-def login(client: TestClient, auth: tuple[str, str | None], username: str = "alice", **kw: str):
-    form = {"grant_type": "password", "username": username, "password": PASSWORD, **kw}
-    return token(client, auth, **form)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from issuer.dependencies import (
     require_role,
 )
 from issuer.models import Role, User
-from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import add_client, add_user, login
 
 
 def _user_json(user: User) -> dict:
@@ -75,18 +75,8 @@ def issuer(client, components):
     add_user(components.store, "alice", role=Role.ENGINEER)
     add_user(components.store, "root", role=Role.ADMIN)
     add_user(components.store, "vic", role=Role.VIEWER)
-    client.secret = add_client(components.store, "webapp")
+    client.web = ("webapp", add_client(components.store, "webapp"))
     return client
-
-
-def login(issuer, username: str = "alice") -> dict:
-    r = issuer.post(
-        "/oauth/token",
-        data={"grant_type": "password", "username": username, "password": PASSWORD},
-        auth=("webapp", issuer.secret),
-    )
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 @pytest.fixture
@@ -109,6 +99,11 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+def logged_in(issuer, username: str) -> dict[str, str]:
+    """The Authorization header of ``username``'s fresh access token."""
+    return bearer(login(issuer, issuer.web, username, ok=True)["access_token"])
+
+
 def assert_invalid_token(response, token: str | None = None) -> None:
     assert response.status_code == 401, response.text
     challenge = response.headers["www-authenticate"]
@@ -122,7 +117,7 @@ def assert_invalid_token(response, token: str | None = None) -> None:
 
 
 def test_fastapi_route_gets_the_user_behind_a_valid_token(issuer, api, components):
-    token = login(issuer)["access_token"]
+    token = login(issuer, issuer.web, ok=True)["access_token"]
     r = api.get("/me", headers=bearer(token))
     assert r.status_code == 200, r.text
     alice = components.store.get_by_username("alice")
@@ -156,15 +151,15 @@ def test_expired_token_is_invalid_token(issuer, api, components):
 
 
 def test_token_revoked_at_the_issuer_is_refused_at_once(issuer, api):
-    token = login(issuer)["access_token"]
+    token = login(issuer, issuer.web, ok=True)["access_token"]
     assert api.get("/me", headers=bearer(token)).status_code == 200
-    r = issuer.post("/oauth/revoke", data={"token": token}, auth=("webapp", issuer.secret))
+    r = issuer.post("/oauth/revoke", data={"token": token}, auth=issuer.web)
     assert r.status_code == 200, r.text
     assert_invalid_token(api.get("/me", headers=bearer(token)), token)
 
 
 def test_refresh_token_cannot_stand_in_for_an_access_token(issuer, api):
-    refresh = login(issuer)["refresh_token"]
+    refresh = login(issuer, issuer.web, ok=True)["refresh_token"]
     assert_invalid_token(api.get("/me", headers=bearer(refresh)), refresh)
     assert_invalid_token(api.get("/whoever", headers=bearer(refresh)), refresh)
 
@@ -177,7 +172,7 @@ def test_token_of_a_deleted_subject_is_invalid_token(issuer, api, components):
 
 
 def test_disabled_user_is_forbidden_though_the_token_is_valid(issuer, api, components):
-    token = login(issuer)["access_token"]
+    token = login(issuer, issuer.web, ok=True)["access_token"]
     components.store.set_active("alice", False)
     r = api.get("/me", headers=bearer(token))
     assert r.status_code == 403, r.text
@@ -186,25 +181,25 @@ def test_disabled_user_is_forbidden_though_the_token_is_valid(issuer, api, compo
 
 
 def test_role_check_admits_the_role(issuer, api):
-    r = api.get("/admin", headers=bearer(login(issuer, "root")["access_token"]))
+    r = api.get("/admin", headers=logged_in(issuer, "root"))
     assert r.status_code == 200, r.text
     assert r.json()["role"] == "admin"
 
 
 def test_role_check_forbids_other_roles(issuer, api):
-    r = api.get("/admin", headers=bearer(login(issuer, "alice")["access_token"]))
+    r = api.get("/admin", headers=logged_in(issuer, "alice"))
     assert r.status_code == 403
     assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
 
 
 def test_role_check_admits_any_of_several_roles_and_no_other(issuer, api):
     for username, status in (("root", 200), ("alice", 200), ("vic", 403)):
-        r = api.get("/staff", headers=bearer(login(issuer, username)["access_token"]))
+        r = api.get("/staff", headers=logged_in(issuer, username))
         assert r.status_code == status, (username, r.text)
 
 
 def test_role_check_refuses_a_disabled_admin(issuer, api, components):
-    token = login(issuer, "root")["access_token"]
+    token = login(issuer, issuer.web, "root", ok=True)["access_token"]
     components.store.set_active("root", False)
     assert api.get("/admin", headers=bearer(token)).status_code == 403
 
@@ -225,19 +220,19 @@ def test_unknown_role_name_fails_when_the_route_is_defined():
 
 
 def test_starlette_route_authenticates_with_a_role(issuer, starlette_api):
-    r = starlette_api.get("/eng", headers=bearer(login(issuer, "alice")["access_token"]))
+    r = starlette_api.get("/eng", headers=logged_in(issuer, "alice"))
     assert r.status_code == 200, r.text
     assert r.json()["username"] == "alice"
 
 
 def test_starlette_route_without_roles_admits_any_active_user(issuer, starlette_api):
-    r = starlette_api.get("/anyone", headers=bearer(login(issuer, "vic")["access_token"]))
+    r = starlette_api.get("/anyone", headers=logged_in(issuer, "vic"))
     assert r.status_code == 200, r.text
     assert r.json()["role"] == "viewer"
 
 
 def test_starlette_role_is_matched_exactly_so_admin_is_not_engineer(issuer, starlette_api):
-    r = starlette_api.get("/eng", headers=bearer(login(issuer, "root")["access_token"]))
+    r = starlette_api.get("/eng", headers=logged_in(issuer, "root"))
     assert r.status_code == 403
 
 
@@ -245,16 +240,14 @@ def test_starlette_route_refuses_missing_revoked_and_refresh_tokens(issuer, star
     r = starlette_api.get("/eng")
     assert r.status_code == 401
     assert r.headers["www-authenticate"] == 'Bearer realm="issuer"'
-    tokens = login(issuer)
+    tokens = login(issuer, issuer.web, ok=True)
     assert_invalid_token(starlette_api.get("/eng", headers=bearer(tokens["refresh_token"])))
-    issuer.post(
-        "/oauth/revoke", data={"token": tokens["access_token"]}, auth=("webapp", issuer.secret)
-    )
+    issuer.post("/oauth/revoke", data={"token": tokens["access_token"]}, auth=issuer.web)
     assert_invalid_token(starlette_api.get("/eng", headers=bearer(tokens["access_token"])))
 
 
 def test_starlette_route_forbids_a_disabled_user(issuer, starlette_api, components):
-    token = login(issuer)["access_token"]
+    token = login(issuer, issuer.web, ok=True)["access_token"]
     components.store.set_active("alice", False)
     assert starlette_api.get("/anyone", headers=bearer(token)).status_code == 403
 
@@ -294,7 +287,7 @@ def test_two_apps_in_one_process_each_use_their_own_token_service(
 
     with pytest.raises(RuntimeError):  # create_app installed nothing global
         tokens.get_service()
-    token = login(issuer)["access_token"]
+    token = login(issuer, issuer.web, ok=True)["access_token"]
     other_settings = make_settings(
         secret_key=secrets.token_urlsafe(48),
         keys_dir=str(tmp_path / "other-keys"),

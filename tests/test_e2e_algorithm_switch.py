@@ -5,21 +5,28 @@ lists both algorithms while both are in the key set. The helpers are the rotatio
 
 from __future__ import annotations
 
-import threading
 import time
+from typing import Any
 
 import jwt
 import pytest
 
 from tests.test_e2e_rotation import (  # node_verifier: the shared fixture
     App,
+    caching_verifier,
     jose_verify,
     kid_of,
     node_verifier,  # noqa: F401
     pyjwt_verify,
+    rotating_server,
+    stream_while,
 )
 
 pytestmark = pytest.mark.e2e
+
+
+def alg_of(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["alg"])
 
 
 def discovered_algs(app: App) -> list[str]:
@@ -32,18 +39,8 @@ def test_switching_rs256_to_es256_on_a_running_server_refuses_no_token(
     node_verifier,  # noqa: F811
 ):
     max_age = 1
-    server = live_server_factory(
-        signing_alg="RS256",
-        rsa_key_size=2048,
-        jwks_max_age=max_age,
-        key_reload_interval=0.2,
-        workers=2,
-    ).start()
-    app = App(server)
-    jwks_url = server.url + "/.well-known/jwks.json"
-    # Caches the JWKS as long as Cache-Control allows and refetches an unknown kid only
-    # after 30 s: a key that signed before it was published would be refused here.
-    verifier = jwt.PyJWKClient(jwks_url, lifespan=max_age, cooldown_duration=30)
+    server, app = rotating_server(live_server_factory, "RS256", max_age)
+    verifier = caching_verifier(server, max_age)
 
     def verify(token: str) -> str:
         """Verify as a resource server pinning the algorithm to the key; the alg."""
@@ -75,42 +72,30 @@ def test_switching_rs256_to_es256_on_a_running_server_refuses_no_token(
                 return
             time.sleep(0.5)
 
-    rotator = threading.Thread(target=complete_the_switch)
-    rotator.start()
-    failures: list[str] = []
     algs_seen: list[str] = []
-    by_alg: dict[str, str] = {}
     discovery_during: list[list[str]] = []
-    verified = 0
-    refresh_token = first["refresh_token"]
-    deadline = time.monotonic() + 60
-    finished_at: float | None = None
-    while time.monotonic() < deadline:
-        if finished_at is None and not rotator.is_alive():
-            finished_at = time.monotonic()
-        if finished_at is not None and time.monotonic() - finished_at > 2 * max_age + 0.5:
-            break
-        issued = app.refreshed(refresh_token) if verified % 2 else app.tokens()
-        refresh_token = issued["refresh_token"]
+
+    def check(issued: dict[str, Any]) -> str | None:
         token = issued["access_token"]
-        alg = jwt.get_unverified_header(token)["alg"]
+        alg = alg_of(token)
         if not algs_seen or algs_seen[-1] != alg:
             algs_seen.append(alg)
-            discovery_during.append(discovered_algs(app))
-        by_alg.setdefault(alg, token)
+            discovery_during.append(discovered_algs(app))  # the moment the alg changed
         try:
             verify(token)
-            verified += 1
         except jwt.PyJWTError as exc:
-            failures.append(f"{alg} {kid_of(token)}: {exc.__class__.__name__}: {exc}")
-    rotator.join(timeout=60)
+            return f"{alg} {kid_of(token)}: {exc.__class__.__name__}: {exc}"
+        return None
+
+    stream = stream_while(app, complete_the_switch, max_age, check, first["refresh_token"])
+    by_alg = {alg: issued["access_token"] for alg, issued in stream.first_by(alg_of).items()}
 
     assert not errors, errors
     assert len(rotations) == 1
     assert "signing  ES256" in rotations[0]
-    assert failures == []
-    assert verified > 10
-    assert algs_seen == ["RS256", "ES256"]
+    assert stream.failures == []
+    assert stream.passed > 10
+    assert algs_seen == stream.runs(alg_of) == ["RS256", "ES256"]
     # While RS256 still signed, the staged ES256 key was listed too; after, both remain.
     assert discovery_during == [["RS256", "ES256"], ["ES256", "RS256"]]
     assert discovered_algs(app) == ["ES256", "RS256"]

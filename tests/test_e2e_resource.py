@@ -15,7 +15,6 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +40,8 @@ from tests.test_e2e_rotation import (
     kid_of,
     pyjwt_verify,
     rotate_twice,
+    rotating_server,
+    stream_while,
 )
 from tests.test_jwks import forge, hs256_with
 from tests.test_resource import tampered
@@ -230,44 +231,31 @@ def test_two_key_rotations_during_a_request_stream_refuse_no_valid_token(
     live_server_factory, api_factory
 ):
     max_age = 1
-    server = live_server_factory(
-        signing_alg="ES256", jwks_max_age=max_age, key_reload_interval=0.2, workers=2
-    ).start()
-    app = App(server)
+    server, app = rotating_server(live_server_factory, "ES256", max_age)
     api = api_factory(server, min_age=str(max_age), cooldown="30")
     rotations: list[str] = []
     too_soon: list[str] = []
     errors: list[str] = []
-    rotator = threading.Thread(target=rotate_twice, args=(server, rotations, too_soon, errors))
-    refusals: list[str] = []
-    kids: list[str] = []
-    accepted = 0
-    refresh_token = app.tokens()["refresh_token"]
-    rotator.start()
-    deadline = time.monotonic() + 60
-    finished_at: float | None = None
-    while time.monotonic() < deadline:
-        if finished_at is None and not rotator.is_alive():
-            finished_at = time.monotonic()
-        if finished_at is not None and time.monotonic() - finished_at > 2 * max_age + 0.5:
-            break
-        issued = app.refreshed(refresh_token) if accepted % 2 else app.tokens()
-        refresh_token = issued["refresh_token"]
-        kid = kid_of(issued["access_token"])
-        if not kids or kids[-1] != kid:
-            kids.append(kid)
+
+    def accepted_by_the_api(issued: dict[str, Any]) -> str | None:
         response = api.get("/me", issued["access_token"])
         if response.status_code == 200:
-            accepted += 1
-        else:
-            refusals.append(f"{kid}: {response.status_code} {response.headers}")
-    rotator.join(timeout=60)
+            return None
+        return f"{kid_of(issued['access_token'])}: {response.status_code} {response.headers}"
+
+    stream = stream_while(
+        app,
+        lambda: rotate_twice(server, rotations, too_soon, errors),
+        max_age,
+        accepted_by_the_api,
+        app.tokens()["refresh_token"],
+    )
 
     assert not errors, errors
     assert len(rotations) == 2
-    assert refusals == []
-    assert len(set(kids)) == 3  # the first key, then each rotation's new key
-    assert accepted > 10
+    assert stream.failures == []
+    assert len(set(stream.runs(kid_of))) == 3  # the first key, then each rotation's new key
+    assert stream.passed > 10
 
 
 def test_a_flood_of_random_kids_costs_the_issuer_at_most_one_jwks_fetch_per_cooldown(

@@ -11,6 +11,8 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import PASSWORD, run_node_script
+from tests.conftest import PASSWORD, LiveServer, login, run_node_script
 
 pytestmark = pytest.mark.e2e
 
@@ -62,13 +64,8 @@ class App:
         self.http = httpx.Client(base_url=server.url, timeout=10)
 
     def tokens(self) -> dict[str, Any]:
-        response = self.http.post(
-            "/oauth/token",
-            data={"grant_type": "password", "username": "alice", "password": PASSWORD},
-            auth=("webapp", self.secret),
-        )
-        assert response.status_code == 200, response.text
-        return response.json()
+        body: dict[str, Any] = login(self.http, ("webapp", self.secret), ok=True)
+        return body
 
     def refreshed(self, refresh_token: str) -> dict[str, Any]:
         response = self.http.post(
@@ -159,6 +156,82 @@ def test_pyjwt_and_node_jose_verify_real_tokens_from_a_running_server(
     assert json.loads(by_argv.stdout)["results"][0]["kid"] == active_kid
 
 
+def rotating_server(live_server_factory: Any, alg: str, max_age: int) -> tuple[LiveServer, App]:
+    """Two workers that reload keys every 0.2 s and let the JWKS be cached ``max_age`` s."""
+    server = live_server_factory(
+        signing_alg=alg,
+        rsa_key_size=2048,
+        jwks_max_age=max_age,
+        key_reload_interval=0.2,
+        workers=2,
+    ).start()
+    return server, App(server)
+
+
+def caching_verifier(server: LiveServer, max_age: int) -> jwt.PyJWKClient:
+    """A verifier that caches the JWKS exactly as long as Cache-Control allows and, like
+    PyJWT's default, refetches on an unknown kid only after a 30 s cooldown: a key that
+    signed before it was published would fail here."""
+    return jwt.PyJWKClient(
+        server.url + "/.well-known/jwks.json", lifespan=max_age, cooldown_duration=30
+    )
+
+
+@dataclass
+class Stream:
+    """What a token stream saw: every token response in order, and the check's failures."""
+
+    issued: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> int:
+        return len(self.issued) - len(self.failures)
+
+    def runs(self, key: Callable[[str], str]) -> list[str]:
+        """``key`` of each access token, in order, each run of equal values once."""
+        values = [key(issued["access_token"]) for issued in self.issued]
+        return [value for i, value in enumerate(values) if i == 0 or values[i - 1] != value]
+
+    def first_by(self, key: Callable[[str], str]) -> dict[str, dict[str, Any]]:
+        """The first token response for each ``key`` of its access token."""
+        found: dict[str, dict[str, Any]] = {}
+        for issued in self.issued:
+            found.setdefault(key(issued["access_token"]), issued)
+        return found
+
+
+def stream_while(
+    app: App,
+    change: Callable[[], None],
+    max_age: int,
+    check: Callable[[dict[str, Any]], str | None],
+    refresh_token: str,
+) -> Stream:
+    """Alternate logins and refreshes (from ``refresh_token``, each chain rotating), checking
+    every response (``check`` returns a failure or None), while ``change`` runs in a thread
+    and for two JWKS lifetimes after it ends, so every cache has seen the final key set;
+    at most 60 s."""
+    changer = threading.Thread(target=change)
+    changer.start()
+    stream = Stream()
+    deadline = time.monotonic() + 60
+    finished_at: float | None = None
+    while time.monotonic() < deadline:
+        if finished_at is None and not changer.is_alive():
+            finished_at = time.monotonic()
+        if finished_at is not None and time.monotonic() - finished_at > 2 * max_age + 0.5:
+            break
+        issued = app.refreshed(refresh_token) if len(stream.issued) % 2 else app.tokens()
+        refresh_token = issued["refresh_token"]
+        stream.issued.append(issued)
+        failure = check(issued)
+        if failure is not None:
+            stream.failures.append(failure)
+    changer.join(timeout=60)
+    return stream
+
+
 def rotate_twice(server, rotations: list[str], too_soon: list[str], errors: list[str]) -> None:
     """``issuer keys rotate`` until it has worked twice, retrying while it says too soon."""
     for _ in range(60):  # bounded: at most ~30 s of retries
@@ -179,19 +252,9 @@ def rotate_twice(server, rotations: list[str], too_soon: list[str], errors: list
 def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_verifier, alg):
     """Zero failed verifications while keys rotate twice; a revoked key's tokens are refused."""
     max_age = 1
-    server = live_server_factory(
-        signing_alg=alg,
-        rsa_key_size=2048,
-        jwks_max_age=max_age,
-        key_reload_interval=0.2,
-        workers=2,
-    ).start()
-    app = App(server)
+    server, app = rotating_server(live_server_factory, alg, max_age)
     jwks_url = server.url + "/.well-known/jwks.json"
-    # A verifier that caches the JWKS exactly as long as Cache-Control allows, and, like
-    # PyJWT's default, refetches on an unknown kid only after a 30 s cooldown: a key that
-    # signed before it was published would fail here.
-    verifier = jwt.PyJWKClient(jwks_url, lifespan=max_age, cooldown_duration=30)
+    verifier = caching_verifier(server, max_age)
     assert app.http.get("/.well-known/jwks.json").headers["cache-control"] == (
         f"public, max-age={max_age}"
     )
@@ -203,38 +266,29 @@ def test_two_rotations_under_load_then_a_revocation(live_server_factory, node_ve
     rotations: list[str] = []
     too_soon: list[str] = []
     errors: list[str] = []
-    rotator = threading.Thread(target=rotate_twice, args=(server, rotations, too_soon, errors))
-    rotator.start()
-    failures: list[str] = []
-    kids_seen: list[str] = []
-    tokens_by_kid: dict[str, dict[str, Any]] = {}
-    verified = 0
-    deadline = time.monotonic() + 60
-    finished_at: float | None = None
-    refresh_token = first["refresh_token"]
-    while time.monotonic() < deadline:
-        if finished_at is None and not rotator.is_alive():
-            finished_at = time.monotonic()
-        if finished_at is not None and time.monotonic() - finished_at > 2 * max_age + 0.5:
-            break
-        issued = app.refreshed(refresh_token) if verified % 2 else app.tokens()
-        refresh_token = issued["refresh_token"]
+
+    def verify(issued: dict[str, Any]) -> str | None:
         token = issued["access_token"]
-        kid = kid_of(token)
-        if not kids_seen or kids_seen[-1] != kid:
-            kids_seen.append(kid)
-        tokens_by_kid.setdefault(kid, issued)
         try:
             pyjwt_verify(verifier, token, server, alg)
-            verified += 1
         except jwt.PyJWTError as exc:
-            failures.append(f"{kid}: {exc.__class__.__name__}: {exc}")
-    rotator.join(timeout=60)
+            return f"{kid_of(token)}: {exc.__class__.__name__}: {exc}"
+        return None
+
+    stream = stream_while(
+        app,
+        lambda: rotate_twice(server, rotations, too_soon, errors),
+        max_age,
+        verify,
+        first["refresh_token"],
+    )
+    kids_seen = stream.runs(kid_of)
+    tokens_by_kid = stream.first_by(kid_of)
 
     assert not errors, errors
     assert len(rotations) == 2, (rotations, too_soon)
-    assert failures == []
-    assert verified > 10
+    assert stream.failures == []
+    assert stream.passed > 10
     states = keys_by_state(server)
     assert len(states["active"]) == 1
     new_kid = states["active"][0]

@@ -9,6 +9,7 @@ import json
 import secrets
 import shutil
 import socket
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from issuer.models import AuthMethod
 from issuer.store import migrate
 from issuer.store.sql import make_engine
 from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import login as password_grant
 
 TOKEN = "/oauth/token"
 REVOKE = "/oauth/revoke"
@@ -37,13 +39,8 @@ def resource_server(components):
 
 @pytest.fixture
 def login(client, alice, basic):
-    def do(auth=basic, **form: str) -> dict:
-        data = {"grant_type": "password", "username": "alice", "password": PASSWORD, **form}
-        response = client.post(TOKEN, data=data, auth=auth)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    return do
+    """A successful password grant for alice through the Basic client: the token response."""
+    return partial(password_grant, client, basic, ok=True)
 
 
 def refresh(client, token: str, auth) -> object:

@@ -20,7 +20,7 @@ from issuer.compose import build_components
 from issuer.http.addresses import client_address, parse_networks
 from issuer.store import migrate
 from issuer.store.sql import SqlStore, make_engine
-from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import PASSWORD, add_client, add_user, login
 from tests.test_ratelimit import REDIS_URL, UNREACHABLE_REDIS, fresh_redis_namespace
 
 TOKEN = "/oauth/token"
@@ -99,14 +99,6 @@ def bcrypt_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def login(http: TestClient, auth: tuple[str, str], username: str, password: str = WRONG):
-    return http.post(
-        TOKEN,
-        data={"grant_type": "password", "username": username, "password": password},
-        auth=auth,
-    )
-
-
 def assert_blocked(response, within: int = 60) -> None:
     assert response.status_code == 429, response.text
     assert response.json() == BLOCKED
@@ -122,9 +114,9 @@ def test_the_failure_after_the_pairs_budget_gets_429_and_spends_no_bcrypt(
     auth = issuer.setup_accounts()
     http = issuer.http("192.0.2.1")
     for _ in range(3):
-        assert login(http, auth, "alice").json()["error"] == "invalid_grant"
+        assert login(http, auth, "alice", WRONG).json()["error"] == "invalid_grant"
     assert len(bcrypt_calls) == 3
-    assert_blocked(login(http, auth, "alice"))
+    assert_blocked(login(http, auth, "alice", WRONG))
     assert_blocked(login(http, auth, "alice", PASSWORD))
     assert len(bcrypt_calls) == 3
 
@@ -151,7 +143,7 @@ def test_concurrent_wrong_passwords_get_no_more_bcrypt_checks_than_sequential_on
 
     def attempt(_: int) -> int:
         barrier.wait()
-        return login(http, auth, "alice").status_code
+        return login(http, auth, "alice", WRONG).status_code
 
     with ThreadPoolExecutor(max_workers=attempts) as pool:
         statuses = list(pool.map(attempt, range(attempts)))
@@ -169,7 +161,7 @@ def test_an_attacker_at_one_address_cannot_lock_the_owner_out(issuer_factory, bc
     home = issuer.http("198.51.100.7")
     assert login(home, auth, "alice", PASSWORD).status_code == 200
     attacker = issuer.http("203.0.113.66")
-    statuses = [login(attacker, auth, "alice").status_code for _ in range(30)]
+    statuses = [login(attacker, auth, "alice", WRONG).status_code for _ in range(30)]
     assert statuses == [400] * 3 + [429] * 27
     assert len(bcrypt_calls) == 1 + 3
     # The owner, at home and from a new address: the attacker throttled only himself.
@@ -186,7 +178,7 @@ def test_a_distributed_attack_slows_strangers_but_not_the_owner_at_a_known_addre
     home = issuer.http("198.51.100.7")
     assert login(home, auth, "alice", PASSWORD).status_code == 200
     statuses = [
-        login(issuer.http(f"203.0.113.{bot}"), auth, "alice").status_code
+        login(issuer.http(f"203.0.113.{bot}"), auth, "alice", WRONG).status_code
         for bot in range(1, 11)
         for _ in range(3)
     ]
@@ -214,7 +206,7 @@ def test_successful_logins_behind_one_address_spend_no_failure_budget(issuer_fac
     for _ in range(2):
         for name in ("alice", "bob", "carol", "dave", "erin"):
             assert login(office, auth, name, PASSWORD).status_code == 200
-    assert login(office, auth, "alice").status_code == 400
+    assert login(office, auth, "alice", WRONG).status_code == 400
     assert login(office, auth, "alice", PASSWORD).status_code == 200
 
 
@@ -223,7 +215,7 @@ def test_the_addresss_budget_holds_across_usernames(issuer_factory, bcrypt_calls
     auth = issuer.setup_accounts()
     attacker = issuer.http("203.0.113.66")
     for name in ("alice", "bob", "carol", "dave"):
-        assert login(attacker, auth, name).json()["error"] == "invalid_grant"
+        assert login(attacker, auth, name, WRONG).json()["error"] == "invalid_grant"
     assert_blocked(login(attacker, auth, "erin", PASSWORD))
     assert len(bcrypt_calls) == 4
     assert login(issuer.http("203.0.113.67"), auth, "erin", PASSWORD).status_code == 200
@@ -234,10 +226,10 @@ def test_a_successful_login_resets_its_pairs_count(issuer_factory):
     auth = issuer.setup_accounts()
     http = issuer.http()
     for _ in range(2):
-        login(http, auth, "alice")
+        login(http, auth, "alice", WRONG)
     assert login(http, auth, "alice", PASSWORD).status_code == 200
     for _ in range(2):
-        assert login(http, auth, "alice").json()["error"] == "invalid_grant"
+        assert login(http, auth, "alice", WRONG).json()["error"] == "invalid_grant"
     assert login(http, auth, "alice", PASSWORD).status_code == 200
 
 
@@ -250,7 +242,7 @@ def test_client_authentication_and_malformed_requests_are_not_counted(issuer_fac
     client_id, secret = issuer.setup_accounts()
     http = issuer.http()
     for _ in range(3):
-        assert login(http, (client_id, "wrong-secret"), "alice").status_code == 401
+        assert login(http, (client_id, "wrong-secret"), "alice", WRONG).status_code == 401
         missing = http.post(
             TOKEN, data={"grant_type": "password", "username": "alice"}, auth=(client_id, secret)
         )
@@ -271,8 +263,8 @@ def test_refresh_grants_are_not_limited(issuer_factory):
     auth = issuer.setup_accounts()
     http = issuer.http()
     refresh = login(http, auth, "alice", PASSWORD).json()["refresh_token"]
-    assert login(http, auth, "alice").status_code == 400
-    assert_blocked(login(http, auth, "bob"))
+    assert login(http, auth, "alice", WRONG).status_code == 400
+    assert_blocked(login(http, auth, "bob", WRONG))
     for _ in range(3):
         response = http.post(
             TOKEN, data={"grant_type": "refresh_token", "refresh_token": refresh}, auth=auth
@@ -286,8 +278,8 @@ def test_failed_login_audit_lines_name_the_canonical_user_or_a_keyed_hash(issuer
     auth = issuer.setup_accounts()
     http = issuer.http("203.0.113.66")
     caplog.set_level(logging.INFO, logger="issuer.audit")
-    login(http, auth, "alice")
-    login(http, auth, "Correct-Horse-9!")  # a password typed into the username field
+    login(http, auth, "alice", WRONG)
+    login(http, auth, "Correct-Horse-9!", WRONG)  # a password typed into the username field
     lines = [r.getMessage() for r in caplog.records if r.name == "issuer.audit"]
     alice = issuer.parts.store.get_by_username("alice")
     assert lines[0] == (
@@ -384,12 +376,12 @@ def test_two_replicas_sharing_redis_share_the_counts(issuer_factory, redis_names
     auth = replica_a.setup_accounts()
     replica_b = issuer_factory(store_ready=True, **shared)
     assert login(replica_b.http("198.51.100.7"), auth, "alice", PASSWORD).status_code == 200
-    login(replica_a.http("192.0.2.1"), auth, "alice")
-    login(replica_b.http("192.0.2.1"), auth, "alice")
-    login(replica_a.http("192.0.2.1"), auth, "alice")
+    login(replica_a.http("192.0.2.1"), auth, "alice", WRONG)
+    login(replica_b.http("192.0.2.1"), auth, "alice", WRONG)
+    login(replica_a.http("192.0.2.1"), auth, "alice", WRONG)
     assert_blocked(login(replica_b.http("192.0.2.1"), auth, "alice", PASSWORD))
-    login(replica_a.http("192.0.2.2"), auth, "alice")
-    login(replica_b.http("192.0.2.3"), auth, "alice")
+    login(replica_a.http("192.0.2.2"), auth, "alice", WRONG)
+    login(replica_b.http("192.0.2.3"), auth, "alice", WRONG)
     assert_blocked(login(replica_a.http("192.0.2.4"), auth, "alice", PASSWORD), within=3600)
     # The address replica B saw alice log in from is known to replica A too.
     assert login(replica_a.http("198.51.100.7"), auth, "alice", PASSWORD).status_code == 200
@@ -401,7 +393,7 @@ def test_logins_work_when_the_rate_limit_storage_is_down(issuer_factory, caplog)
     auth = issuer.setup_accounts()
     http = issuer.http()
     for _ in range(5):
-        assert login(http, auth, "alice").json()["error"] == "invalid_grant"
+        assert login(http, auth, "alice", WRONG).json()["error"] == "invalid_grant"
     response = login(http, auth, "alice", PASSWORD)
     assert response.status_code == 200, response.text
     assert "login limits are NOT enforced" in caplog.text

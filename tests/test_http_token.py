@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from functools import partial
 
 import bcrypt
 import pytest
@@ -15,16 +16,13 @@ from sqlalchemy import func, select
 from issuer.compose import build_components
 from issuer.models import AuthMethod
 from issuer.store.schema import refresh_tokens
-from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import PASSWORD, add_client, add_user, password_form
+from tests.conftest import login as password_grant
 from tests.readme import readme_section
 
 TOKEN = "/oauth/token"
 REVOKE = "/oauth/revoke"
 INTROSPECT = "/oauth/introspect"
-
-
-def password_form(username: str = "alice", password: str = PASSWORD, **extra: str) -> dict:
-    return {"grant_type": "password", "username": username, "password": password, **extra}
 
 
 def refresh_form(token: str, **extra: str) -> dict:
@@ -39,13 +37,7 @@ def refresh_count(components) -> int:
 @pytest.fixture
 def login(client, alice, basic):
     """A successful password grant for alice through the Basic client: the token response."""
-
-    def do(**extra: str) -> dict:
-        response = client.post(TOKEN, data=password_form(**extra), auth=basic)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    return do
+    return partial(password_grant, client, basic, ok=True)
 
 
 def assert_token_response(response, scope: str) -> dict:
@@ -83,7 +75,7 @@ def access_claims(components, token: str) -> dict:
 def test_password_grant_with_client_secret_basic_returns_a_token_pair(
     client, components, alice, basic
 ):
-    response = client.post(TOKEN, data=password_form(), auth=basic)
+    response = password_grant(client, basic)
     body = assert_token_response(response, "openid profile")
     claims = access_claims(components, body["access_token"])
     assert claims["sub"] == alice.id
@@ -104,16 +96,14 @@ def test_password_grant_with_client_secret_post_returns_a_token_pair(client, com
 
 def test_password_grant_for_a_public_client_takes_client_id_in_the_body(client, components, alice):
     add_client(components.store, "spa", method=AuthMethod.NONE)
-    response = client.post(TOKEN, data=password_form(client_id="spa", scope="read write"))
+    response = password_grant(client, None, client_id="spa", scope="read write")
     body = assert_token_response(response, "read write")
     assert access_claims(components, body["access_token"])["client_id"] == "spa"
 
 
 def test_password_grant_records_one_refresh_token(client, components, alice, basic):
     assert refresh_count(components) == 0
-    body = assert_token_response(
-        client.post(TOKEN, data=password_form(), auth=basic), "openid profile"
-    )
+    body = assert_token_response(password_grant(client, basic), "openid profile")
     jti = components.tokens.verify(body["refresh_token"], "refresh")["jti"]
     assert refresh_count(components) == 1
     assert components.store.get(jti).is_usable
@@ -170,14 +160,11 @@ def test_every_failed_login_gets_the_same_answer_for_one_bcrypt_check(
     }, answers
     assert refresh_count(components) == 0
     # The same users do log in with the right password (the failures were not setup errors).
-    assert (
-        client.post(TOKEN, data=password_form("longpw", long_password), auth=basic).status_code
-        == 200
-    )
+    assert password_grant(client, basic, "longpw", long_password).status_code == 200
 
 
 def test_a_successful_login_spends_exactly_one_bcrypt_check(client, alice, basic, bcrypt_checks):
-    assert client.post(TOKEN, data=password_form(), auth=basic).status_code == 200
+    assert password_grant(client, basic).status_code == 200
     assert len(bcrypt_checks) == 1
 
 
@@ -234,7 +221,7 @@ def test_reuse_leaves_other_families_of_the_same_user_alone(client, login, basic
 
 
 def test_narrower_scope_on_refresh_narrows_the_access_token_only(client, components, basic, alice):
-    first = client.post(TOKEN, data=password_form(scope="read write"), auth=basic).json()
+    first = password_grant(client, basic, scope="read write").json()
     response = client.post(
         TOKEN, data=refresh_form(first["refresh_token"], scope="read"), auth=basic
     )
@@ -249,7 +236,7 @@ def test_narrower_scope_on_refresh_narrows_the_access_token_only(client, compone
 def test_broader_scope_on_refresh_is_invalid_scope_and_spends_nothing(
     client, components, basic, alice
 ):
-    first = client.post(TOKEN, data=password_form(scope="read"), auth=basic).json()
+    first = password_grant(client, basic, scope="read").json()
     response = client.post(
         TOKEN, data=refresh_form(first["refresh_token"], scope="read write"), auth=basic
     )
@@ -316,20 +303,20 @@ def test_missing_grant_type_is_invalid_request(client, basic, alice):
     "grant_type", ["client_credentials", "authorization_code", "implicit", "", "PASSWORD"]
 )
 def test_unknown_grant_type_is_unsupported_grant_type(client, basic, grant_type):
-    response = client.post(TOKEN, data=password_form(grant_type=grant_type), auth=basic)
+    response = password_grant(client, basic, grant_type=grant_type)
     assert_error(response, "unsupported_grant_type")
 
 
 @pytest.mark.parametrize("scope", ["admin", "read admin", "", "   "])
 def test_unknown_or_empty_scope_is_invalid_scope(client, components, basic, alice, scope):
-    response = client.post(TOKEN, data=password_form(scope=scope), auth=basic)
+    response = password_grant(client, basic, scope=scope)
     assert_error(response, "invalid_scope")
     assert refresh_count(components) == 0
 
 
 def test_scope_outside_the_clients_allowed_scopes_is_invalid_scope(client, components, alice):
     secret = add_client(components.store, "reader", scopes=("read",))
-    response = client.post(TOKEN, data=password_form(scope="write"), auth=("reader", secret))
+    response = password_grant(client, ("reader", secret), scope="write")
     assert_error(response, "invalid_scope")
 
 
@@ -337,7 +324,7 @@ def test_client_not_registered_for_the_password_grant_is_unauthorized_client(
     client, components, alice
 ):
     secret = add_client(components.store, "refresher", grants=("refresh_token",))
-    response = client.post(TOKEN, data=password_form(), auth=("refresher", secret))
+    response = password_grant(client, ("refresher", secret))
     assert_error(response, "unauthorized_client")
 
 
@@ -345,7 +332,7 @@ def test_client_without_the_refresh_grant_gets_no_refresh_token_and_no_record(
     client, components, alice
 ):
     secret = add_client(components.store, "once", grants=("password",))
-    response = client.post(TOKEN, data=password_form(), auth=("once", secret))
+    response = password_grant(client, ("once", secret))
     assert response.status_code == 200, response.text
     body = response.json()
     assert "refresh_token" not in body
@@ -366,16 +353,16 @@ def test_default_scope_that_leaves_nothing_for_the_client_is_invalid_scope(
 ):
     """RFC 6749 §3.3: no request scope and no allowed default: refuse, never grant ""."""
     secret = add_client(components.store, "writer", scopes=("write",))
-    response = client.post(TOKEN, data=password_form(), auth=("writer", secret))
+    response = password_grant(client, ("writer", secret))
     body = assert_error(response, "invalid_scope")
     assert "default scope" in body["error_description"]
     assert refresh_count(components) == 0
-    granted = client.post(TOKEN, data=password_form(scope="write"), auth=("writer", secret))
+    granted = password_grant(client, ("writer", secret), scope="write")
     assert assert_token_response(granted, "write")["scope"] == "write"
 
 
 def test_wrong_secret_via_basic_is_401_with_a_basic_challenge(client, alice, basic):
-    response = client.post(TOKEN, data=password_form(), auth=("webapp", basic[1] + "x"))
+    response = password_grant(client, ("webapp", basic[1] + "x"))
     assert_error(response, "invalid_client", 401)
     assert response.headers["www-authenticate"].startswith(
         'Basic realm="issuer", error="invalid_client"'
@@ -393,18 +380,18 @@ def test_wrong_secret_via_post_is_invalid_client_without_a_basic_challenge(
 
 
 def test_unknown_client_is_invalid_client(client, alice):
-    response = client.post(TOKEN, data=password_form(), auth=("ghost", "secret"))
+    response = password_grant(client, ("ghost", "secret"))
     assert_error(response, "invalid_client", 401)
-    public = client.post(TOKEN, data=password_form(client_id="ghost"))
+    public = password_grant(client, None, client_id="ghost")
     assert_error(public, "invalid_client", 400)
 
 
 def test_no_client_authentication_at_all_is_invalid_client(client, alice):
-    assert_error(client.post(TOKEN, data=password_form()), "invalid_client", 400)
+    assert_error(password_grant(client, None), "invalid_client", 400)
 
 
 def test_confidential_client_cannot_authenticate_with_none(client, basic, alice):
-    response = client.post(TOKEN, data=password_form(client_id="webapp"))
+    response = password_grant(client, None, client_id="webapp")
     assert_error(response, "invalid_client", 400)
 
 
@@ -412,9 +399,7 @@ def test_confidential_client_must_use_its_registered_method(client, components, 
     as_post = password_form(client_id="webapp", client_secret=basic[1])
     assert_error(client.post(TOKEN, data=as_post), "invalid_client", 400)
     secret = add_client(components.store, "poster", method=AuthMethod.CLIENT_SECRET_POST)
-    assert_error(
-        client.post(TOKEN, data=password_form(), auth=("poster", secret)), "invalid_client", 401
-    )
+    assert_error(password_grant(client, ("poster", secret)), "invalid_client", 401)
 
 
 def test_wrong_method_names_the_registered_and_the_attempted_method(
@@ -427,7 +412,7 @@ def test_wrong_method_names_the_registered_and_the_attempted_method(
     assert "--auth-method client_secret_post" in description
 
     secret = add_client(components.store, "poster", method=AuthMethod.CLIENT_SECRET_POST)
-    response = client.post(TOKEN, data=password_form(), auth=("poster", secret))
+    response = password_grant(client, ("poster", secret))
     assert "registered for client_secret_post" in response.json()["error_description"]
     assert "used client_secret_basic" in response.headers["www-authenticate"]
 
@@ -437,8 +422,8 @@ def test_wrong_method_names_the_registered_and_the_attempted_method(
 
 
 def test_wrong_secret_and_unknown_client_keep_the_generic_description(client, basic, alice):
-    wrong = client.post(TOKEN, data=password_form(), auth=("webapp", basic[1] + "x"))
-    unknown = client.post(TOKEN, data=password_form(), auth=("ghost", "secret"))
+    wrong = password_grant(client, ("webapp", basic[1] + "x"))
+    unknown = password_grant(client, ("ghost", "secret"))
     for response in (wrong, unknown):
         assert response.json()["error_description"] == "Client authentication failed."
 
@@ -548,6 +533,6 @@ def test_other_methods_are_405_json(client, method):
 
 
 def test_error_responses_are_not_cacheable(client, alice, basic):
-    response = client.post(TOKEN, data=password_form(password="wrong"), auth=basic)
+    response = password_grant(client, basic, password="wrong")
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"

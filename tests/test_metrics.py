@@ -24,7 +24,7 @@ from issuer.app import create_app
 from issuer.compose import Components, build_components
 from issuer.http.metrics import KeyCollector, Metrics
 from issuer.keystore import MANIFEST_NAME, DirectoryKeyStore
-from tests.conftest import PASSWORD, add_client, add_user, free_port, migrate_database
+from tests.conftest import PASSWORD, add_client, add_user, free_port, login, migrate_database
 from tests.keystore_support import clock, es256, manager  # noqa: F401 - fixtures
 
 WRONG = "Wr0ng-but-Secret!"
@@ -43,18 +43,13 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def login(client: Any, auth: tuple[str, str], password: str = PASSWORD) -> Any:
-    form = {"grant_type": "password", "username": "alice", "password": password}
-    return client.post("/oauth/token", data=form, auth=auth)
-
-
 def test_flows_show_up_in_the_counters(client: TestClient, components: Components) -> None:
     add_user(components.store, "alice")
     secret = add_client(components.store, "webapp")
     assert secret is not None
     web = ("webapp", secret)
     first = login(client, web).json()
-    assert login(client, web, WRONG).status_code == 400
+    assert login(client, web, password=WRONG).status_code == 400
     refresh = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
     assert client.post("/oauth/token", data=refresh, auth=web).status_code == 200
     assert client.post("/oauth/token", data=refresh, auth=web).status_code == 400  # reuse
@@ -105,8 +100,8 @@ def test_throttled_logins_are_counted_by_budget(
         secret = add_client(parts.store, "webapp")
         assert secret is not None
         with TestClient(create_app(components=parts)) as client:
-            assert login(client, ("webapp", secret), WRONG).status_code == 400
-            assert login(client, ("webapp", secret), WRONG).status_code == 429
+            assert login(client, ("webapp", secret), password=WRONG).status_code == 400
+            assert login(client, ("webapp", secret), password=WRONG).status_code == 429
             text = client.get("/metrics").text
     finally:
         parts.close()

@@ -12,6 +12,7 @@ import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from issuer.compose import StoreRevocations, build_components
@@ -25,6 +26,7 @@ from issuer.store.memory import MemoryStore
 from issuer.store.sql import make_engine
 from issuer.tokens import TokenService
 from tests.conftest import PASSWORD, TEST_ROUNDS, add_client, add_user
+from tests.conftest import login as password_grant
 
 ISSUER = "https://issuer.example"
 FORM = "application/x-www-form-urlencoded"
@@ -105,12 +107,13 @@ class Core:
         kwargs.setdefault("headers", self.auth)
         return self.server.token_response(request("/oauth/token", form, **kwargs))
 
+    def post(self, path: str, *, data: dict[str, str], auth: tuple[str, str]) -> httpx.Response:
+        """The core answering as an HTTP client would, for the suite's shared login helper."""
+        answer = self.server.token_response(request(path, data, headers=basic_header(*auth)))
+        return httpx.Response(answer.status, json=answer.body, headers=answer.headers)
+
     def login(self, **extra: str) -> dict:
-        response = self.token(
-            {"grant_type": "password", "username": "alice", "password": PASSWORD, **extra}
-        )
-        assert response.status == 200, response.body
-        return response.body
+        return password_grant(self, ("webapp", self.secret), ok=True, **extra)
 
     def refresh(self, token: str, **extra: str) -> OAuthResponse:
         return self.token({"grant_type": "refresh_token", "refresh_token": token, **extra})

@@ -21,6 +21,7 @@ from issuer.models import AuthMethod
 from issuer.store import migrate
 from issuer.store.sql import make_engine
 from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import login as password_grant
 from tests.test_http_endpoints import Clock
 from tests.test_jwks import MODES, parts_of
 
@@ -64,10 +65,8 @@ class Issuer:
         return self.http.post(TOKEN, data=form, auth=auth)
 
     def login(self, auth: Any = None, **extra: str) -> dict[str, Any]:
-        form = {"grant_type": "password", "username": "alice", "password": PASSWORD, **extra}
-        response = self.token(form, auth)
-        assert response.status_code == 200, response.text
-        return dict(response.json())
+        auth = auth if auth is not None else ("webapp", self.secret)
+        return dict(password_grant(self.http, auth, ok=True, **extra))
 
     def refresh(self, refresh_token: str, auth: Any = None, **extra: str) -> dict[str, Any]:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token, **extra}

@@ -36,6 +36,7 @@ from issuer.store.schema import refresh_tokens
 from issuer.store.sql import make_engine
 from issuer.tokens import decode_token, verify_token
 from tests.conftest import PASSWORD, add_client, add_user
+from tests.conftest import login as password_grant
 
 TOKEN = "/oauth/token"
 REVOKE = "/oauth/revoke"
@@ -87,10 +88,7 @@ class World:
     resource_server: tuple[str, str]
 
     def login(self, username: str, auth: tuple[str, str]) -> dict[str, Any]:
-        data = {"grant_type": "password", "username": username, "password": PASSWORD}
-        response = self.client.post(TOKEN, data=data, auth=auth)
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
+        body: dict[str, Any] = password_grant(self.client, auth, username, ok=True)
         return body
 
     def refresh(self, token: str, auth: tuple[str, str]) -> Any:
@@ -388,12 +386,6 @@ def retrying(
     parts.close()
 
 
-def _login(client: TestClient, auth: tuple[str, str]) -> dict[str, Any]:
-    data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
-    body: dict[str, Any] = client.post(TOKEN, data=data, auth=auth).json()
-    return body
-
-
 def _refresh(client: TestClient, token: str, auth: tuple[str, str]) -> Any:
     return client.post(
         TOKEN, data={"grant_type": "refresh_token", "refresh_token": token}, auth=auth
@@ -413,7 +405,7 @@ def usable_in_family(parts: Components, family: str) -> int:
 
 def test_a_lost_response_retried_within_the_window_gets_the_same_successor(retrying: Any) -> None:
     client, parts, clock, webapp, _ = retrying
-    first = _login(client, webapp)
+    first = password_grant(client, webapp, ok=True)
     answer = _refresh(client, first["refresh_token"], webapp).json()
     clock.now += 5
 
@@ -435,7 +427,7 @@ def test_a_lost_response_retried_within_the_window_gets_the_same_successor(retry
 @pytest.mark.parametrize("case", ["after-the-window", "another-client", "successor-used"])
 def test_anything_but_a_prompt_retry_by_the_same_client_is_reuse(retrying: Any, case: str) -> None:
     client, parts, clock, webapp, other = retrying
-    first = _login(client, webapp)
+    first = password_grant(client, webapp, ok=True)
     answer = _refresh(client, first["refresh_token"], webapp).json()
     presenter = webapp
     if case == "after-the-window":
@@ -463,7 +455,7 @@ def test_a_spent_token_is_reuse_when_the_window_is_off(world: World) -> None:
 
 def test_concurrent_retries_within_the_window_all_get_the_one_successor(retrying: Any) -> None:
     client, parts, _, webapp, _ = retrying
-    first = _login(client, webapp)
+    first = password_grant(client, webapp, ok=True)
     answer = _refresh(client, first["refresh_token"], webapp).json()
     successor = decode_token(answer["refresh_token"])["jti"]
 

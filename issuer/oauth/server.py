@@ -145,7 +145,9 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         return OAuthClient(client, scopes)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
-        """Unused: grants record refresh tokens themselves, atomically with rotation."""
+        """Never reached: each grant's ``save_token`` records its refresh token (a login
+        starts a session, a refresh rotates in one compare-and-set), see oauth/grants.py."""
+        raise NotImplementedError("each grant of this issuer saves its own tokens")
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """Authlib's signals carry tokens and clients: nothing here listens to them."""
