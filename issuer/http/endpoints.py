@@ -208,6 +208,22 @@ class Endpoints:
         change (an algorithm switch; rare), never while nothing signs (the last one stays).
         The key set comes from the JWKS publisher, so this stays on the event loop."""
         await self._jwks.document()
+        return self._current_discovery()
+
+    async def healthz_document(self) -> Document:
+        return _HEALTHY
+
+    # ...and without waiting, for the HTTP edge: None when a key set check is due.
+    def jwks_now(self) -> Document | None:
+        return self._jwks.fresh()
+
+    def discovery_now(self) -> Document | None:
+        return None if self._jwks.fresh() is None else self._current_discovery()
+
+    def healthz_now(self) -> Document | None:
+        return _HEALTHY
+
+    def _current_discovery(self) -> Document:
         key_set = self._jwks.key_set
         if key_set is not None and key_set.signing is not None:
             algorithms = (key_set.signing_alg, key_set.algorithms)
@@ -217,9 +233,6 @@ class Endpoints:
                 )
                 self._discovery_algorithms = algorithms
         return self._discovery
-
-    async def healthz_document(self) -> Document:
-        return _HEALTHY
 
     async def readyz(self, request: Request) -> Response:
         reasons = await run_in_threadpool(self._readiness)

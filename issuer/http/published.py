@@ -48,6 +48,20 @@ class Document:
             return self._not_modified
         return self._ok
 
+    def framed(self, if_none_match: str | None = None) -> tuple[int, bytes, bytes]:
+        """:meth:`answer` with the headers as HTTP/1.1 header lines (for the HTTP edge)."""
+        if self.etag is not None and etag_matches(if_none_match, self.etag):
+            return self._not_modified_framed
+        return self._ok_framed
+
+    @functools.cached_property
+    def _ok_framed(self) -> tuple[int, bytes, bytes]:
+        return _framed(self._ok)
+
+    @functools.cached_property
+    def _not_modified_framed(self) -> tuple[int, bytes, bytes]:
+        return _framed(self._not_modified)
+
     @functools.cached_property
     def _ok(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         return 200, self.response().raw_headers, self.body
@@ -55,6 +69,13 @@ class Document:
     @functools.cached_property
     def _not_modified(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         return 304, Response(status_code=304, headers=self.headers).raw_headers, b""
+
+
+def _framed(
+    answer: tuple[int, list[tuple[bytes, bytes]], bytes],
+) -> tuple[int, bytes, bytes]:
+    status, headers, body = answer
+    return status, b"".join(name.lower() + b": " + value + b"\r\n" for name, value in headers), body
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -100,6 +121,16 @@ class PublishedJwks:
     def key_set(self) -> KeySet | None:
         """The key set the current document was built from (None before the first)."""
         return self._key_set
+
+    def fresh(self) -> Document | None:
+        """The current document if it was checked within ``recheck`` s, else None.
+
+        Never blocks: the HTTP edge (:mod:`issuer.http.fastpath`) answers from it on the
+        event loop and leaves a due check to :meth:`document` on the ASGI path."""
+        document = self._document
+        if document is not None and self._clock() - self._checked_at < self._recheck:
+            return document
+        return None
 
     async def document(self) -> Document:
         document = self._document
