@@ -28,7 +28,12 @@ from issuer.http.access import AccessLogMiddleware
 from issuer.http.addresses import parse_networks
 from issuer.http.endpoints import Endpoints, metadata_bytes
 from issuer.http.errors import http_exception, unexpected
-from issuer.http.fastpath import PreparedDocuments, prepared_documents
+from issuer.http.fastpath import (
+    PreparedDocuments,
+    PreparedEdge,
+    fresh_documents,
+    prepared_documents,
+)
 from issuer.http.metrics import KeyCollector, Metrics, MetricsMiddleware, metrics_endpoint
 from issuer.http.openapi import openapi_endpoint
 from issuer.keystore import DirectoryKeyStore
@@ -118,6 +123,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.components = parts
+    # The same documents, for issuer.http.protocol to answer before any ASGI work.
+    app.state.edge = PreparedEdge(fresh_documents(base, endpoints), metrics.observe)
     # The app holds its own token service: issuer.dependencies reads it from the request's
     # app, so two apps in one process never see each other's keys or stores.
     app.state.tokens = parts.tokens

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import limits
-import redis
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -172,6 +171,10 @@ class LoginLimiter:
     def close(self) -> None:
         """Close the storage's connections (Redis); a memory storage holds none."""
         if isinstance(self.storage, RedisStorage):
+            # redis (~7 MB per worker) is imported only when a Redis storage exists,
+            # which limits has done already: the default memory storage never loads it.
+            import redis  # noqa: PLC0415
+
             client = self.storage.get_connection()
             if isinstance(client, redis.Redis):
                 client.close()

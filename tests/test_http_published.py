@@ -9,7 +9,13 @@ import threading
 from pathlib import Path
 
 from issuer.compose import build_key_manager
-from issuer.http.published import MAX_RECHECK_SECONDS, PublishedJwks, etag_matches
+from issuer.errors import KeyStoreError
+from issuer.http.published import (
+    MAX_RECHECK_SECONDS,
+    STALE_GRACE_SECONDS,
+    PublishedJwks,
+    etag_matches,
+)
 from issuer.keystore import DirectoryKeyStore, KeySet, KeyStore
 from issuer.settings import Settings
 
@@ -138,3 +144,77 @@ def test_etag_matching_follows_if_none_match() -> None:
     assert not etag_matches('"b"', '"a"')
     assert not etag_matches(None, '"a"')
     assert not etag_matches("", '"a"')
+
+
+def test_the_edge_answers_a_due_document_while_one_check_runs_behind_it(make_settings) -> None:
+    """``fresh()`` never waits: a due check runs once, in the background, and publishes."""
+    settings, store = es256_keys(make_settings)
+    keys, clock = CountingKeys(store), Clock()
+    published = PublishedJwks(keys, max_age=300, key_reload_interval=1.0, clock=clock)
+
+    async def scenario() -> None:
+        assert published.fresh() is None  # nothing prepared yet: the caller awaits document()
+        before = await published.document()
+        assert published.fresh() is before
+        build_key_manager(settings).rotate(force=True)
+        clock.now += MAX_RECHECK_SECONDS + 0.001  # due, within the grace
+        for _ in range(50):  # answered at once, from the old bytes; one check scheduled
+            assert published.fresh() is before
+        await asyncio.sleep(0)
+        for _ in range(200):
+            if len(keys.threads) == 2 and published.fresh() is not before:
+                break
+            await asyncio.sleep(0.01)
+        assert len(keys.threads) == 2  # one check for all those requests
+        after = published.fresh()
+        assert after is not None and after.etag != before.etag
+        assert after.body == store.current().jwks_bytes
+
+    asyncio.run(scenario())
+
+
+def test_past_the_grace_or_after_a_failed_check_the_edge_waits(make_settings) -> None:
+    _, store = es256_keys(make_settings)
+    clock = Clock()
+
+    class Failing:
+        def __init__(self) -> None:
+            self.fail = False
+
+        def current(self) -> KeySet:
+            if self.fail:
+                raise KeyStoreError("keys/ unreadable")
+            return store.current()
+
+    keys = Failing()
+    published = PublishedJwks(keys, max_age=300, key_reload_interval=1.0, clock=clock)
+
+    async def scenario() -> None:
+        await published.document()
+        clock.now += MAX_RECHECK_SECONDS + STALE_GRACE_SECONDS + 0.001  # too stale
+        assert published.fresh() is None
+        await published.document()
+        keys.fail = True
+        clock.now += MAX_RECHECK_SECONDS + 0.001
+        assert published.fresh() is not None  # the check starts, and fails
+        for _ in range(200):
+            if published.fresh() is None:
+                break
+            await asyncio.sleep(0.01)
+        assert published.fresh() is None  # the app's path answers (and reports) it
+        keys.fail = False
+        await published.document()
+        assert published.fresh() is not None
+
+    asyncio.run(scenario())
+
+
+def test_with_reload_interval_zero_the_edge_never_answers_alone(make_settings) -> None:
+    _, store = es256_keys(make_settings)
+    published = PublishedJwks(store, max_age=300, key_reload_interval=0, clock=Clock())
+
+    async def scenario() -> None:
+        await published.document()
+        assert published.fresh() is None
+
+    asyncio.run(scenario())

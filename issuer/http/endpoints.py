@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +32,13 @@ log = logging.getLogger("issuer.http")
 
 OAuthCall = Callable[[HttpRequest], OAuthResponse]
 RETRY_AFTER_SECONDS = 5
+# Threads for requests that wait for bcrypt (password logins, password resets), apart
+# from the shared pool (anyio's 40) that every other blocking call uses. bcrypt runs one
+# check per core (issuer.passwords), so during a login storm each of these requests holds
+# its thread for seconds while it waits its turn; in the shared pool 40 of them would
+# leave refresh, introspection, userinfo and the JWKS reload check without a thread.
+# Past this many, logins wait on the event loop, holding no thread at all.
+BCRYPT_WAITER_THREADS = 64
 
 
 def endpoint_urls(issuer: str) -> dict[str, str]:
@@ -66,6 +75,8 @@ class Endpoints:
     # The key set's (signing alg, algorithms) the discovery document was built for.
     _discovery_algorithms: tuple[str, frozenset[str]] | None = field(init=False, default=None)
 
+    _bcrypt_waiters: CapacityLimiter | None = field(init=False, default=None, repr=False)
+
     def __post_init__(self) -> None:
         self._jwks = PublishedJwks(self.keys, self.jwks_max_age, self.key_reload_interval)
         self._discovery = Document(self.discovery_bytes, {"Cache-Control": "public, max-age=3600"})
@@ -89,6 +100,16 @@ class Endpoints:
             return error_response("not_found", "Password reset is not available.", 404)
         return await self._oauth(request, routes.PASSWORD_RESET, self.password_reset_call)
 
+    def _threads_for(self, path: str, form: list[tuple[str, str]]) -> CapacityLimiter | None:
+        """The bcrypt waiters' threads for a password login or reset, else None (shared)."""
+        if path == routes.PASSWORD_RESET or (
+            path == routes.TOKEN and ("grant_type", "password") in form
+        ):
+            if self._bcrypt_waiters is None:  # created on the event loop, on first use
+                self._bcrypt_waiters = CapacityLimiter(BCRYPT_WAITER_THREADS)
+            return self._bcrypt_waiters
+        return None
+
     async def _oauth(self, request: Request, path: str, call: OAuthCall) -> Response:
         try:
             form = parse_form(await read_body(request))
@@ -108,7 +129,9 @@ class Endpoints:
             ),
         )
         try:
-            result = await run_in_threadpool(call, http_request)
+            result = await anyio.to_thread.run_sync(
+                call, http_request, limiter=self._threads_for(path, form)
+            )
         except KeyStoreError as exc:
             return _keys_unavailable(exc)
         except Exception:
@@ -208,6 +231,22 @@ class Endpoints:
         change (an algorithm switch; rare), never while nothing signs (the last one stays).
         The key set comes from the JWKS publisher, so this stays on the event loop."""
         await self._jwks.document()
+        return self._current_discovery()
+
+    async def healthz_document(self) -> Document:
+        return _HEALTHY
+
+    # ...and without waiting, for the HTTP edge: None when a key set check is due.
+    def jwks_now(self) -> Document | None:
+        return self._jwks.fresh()
+
+    def discovery_now(self) -> Document | None:
+        return None if self._jwks.fresh() is None else self._current_discovery()
+
+    def healthz_now(self) -> Document | None:
+        return _HEALTHY
+
+    def _current_discovery(self) -> Document:
         key_set = self._jwks.key_set
         if key_set is not None and key_set.signing is not None:
             algorithms = (key_set.signing_alg, key_set.algorithms)
@@ -217,9 +256,6 @@ class Endpoints:
                 )
                 self._discovery_algorithms = algorithms
         return self._discovery
-
-    async def healthz_document(self) -> Document:
-        return _HEALTHY
 
     async def readyz(self, request: Request) -> Response:
         reasons = await run_in_threadpool(self._readiness)

@@ -18,21 +18,49 @@ httptools and adds, per connection:
   after ``timeout_keep_alive`` (uvicorn arms that timer only after a response).
 
 Concurrency is uvicorn's ``limit_concurrency``: past it, requests get 503.
+
+It also answers the prepared public documents (JWKS, discovery, ``/healthz``) as soon as
+their request head is parsed, when the app offers an edge (``app.state.edge``, an
+:class:`issuer.http.fastpath.PreparedEdge`): the bytes are ready, so the ASGI task,
+scope and middleware would cost more than the answer. Only a plain request takes that
+way: GET or HEAD, an exact path without percent-escapes, no upgrade, no earlier
+response still pending on the connection (pipelining keeps its order), under the
+concurrency limit, and a document that needs no key set check; all else goes to the app.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+import time
+from typing import Any, Protocol
 
+import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 DEFAULT_MAX_HEAD_BYTES = 16 * 1024
 DEFAULT_MAX_HEADERS = 100
 DEFAULT_REQUEST_TIMEOUT = 10.0
 PROTOCOL = "issuer.http.protocol:BoundedHttpToolsProtocol"
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+
+
+class Edge(Protocol):
+    """What the protocol asks of an app's edge (:class:`issuer.http.fastpath.PreparedEdge`)."""
+
+    def answer(
+        self, method: str, path: str, if_none_match: str | None
+    ) -> tuple[int, bytes, bytes] | None: ...
+
+    def answered(
+        self, address: str, method: str, path: str, status: int, started: float
+    ) -> None: ...
+
+
+def app_edge(app: Any) -> Edge | None:
+    """The edge ``app`` offers as ``app.state.edge`` (a Starlette app), else None."""
+    return getattr(getattr(app, "state", None), "edge", None)
 
 
 class ServerConfig(uvicorn.Config):
@@ -74,6 +102,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._refusal: int | None = None
         self._request_timer: asyncio.TimerHandle | None = None
+        # uvicorn's own access lines or a root path would differ from the app's: no edge.
+        uvicorn_logs = self.access_log and self.access_logger.isEnabledFor(logging.INFO)
+        self._edge = None if uvicorn_logs or self.root_path else app_edge(self.app)
+        self._answered = False  # the current request was answered at the edge
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -98,6 +130,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
+        self._answered = False
         self._head_bytes = 0
         self._header_count = 0
         self._cancel_request_timer()
@@ -112,11 +145,79 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._edge is not None and self._answer_at_edge(self._edge):
+            self._answered = True
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:  # an answered GET's body is dropped, as the app would
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._cancel_request_timer()
-        super().on_message_complete()
+        if not self._answered:
+            super().on_message_complete()
+
+    # -- the edge ---------------------------------------------------------------------
+
+    def _answer_at_edge(self, edge: Edge) -> bool:
+        """Answer a prepared document now (see the module docstring); False: not here."""
+        started = time.perf_counter()
+        request = self._plain_request()
+        if request is None:
+            return False
+        verb, path, if_none_match = request
+        try:
+            answer = edge.answer(verb, path, if_none_match)
+        except Exception:  # the app's own path answers (and logs) whatever went wrong
+            return False
+        if answer is None:
+            return False
+        status, header_lines, body = answer
+        parser = self.parser
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend((name, b": ", value, b"\r\n"))
+        content.append(header_lines)
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content.append(b"\r\n")
+        if verb == "GET":
+            content.append(body)
+        self.transport.write(b"".join(content))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # counts it; arms the keep-alive timer
+        client = self.client
+        edge.answered(client[0] if client else "-", verb, path, status, started)
+        return True
+
+    def _plain_request(self) -> tuple[str, str, str | None] | None:
+        """(method, path, If-None-Match) of a request the edge may answer, else None."""
+        parser = self.parser
+        method = parser.get_method()
+        if method not in (b"GET", b"HEAD"):
+            return None
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            return None  # an earlier response is still due on this connection
+        if parser.should_upgrade() or self._over_concurrency_limit():
+            return None
+        raw_path = httptools.parse_url(self.url).path
+        if b"%" in raw_path or not raw_path.isascii():
+            return None
+        if_none_match = None
+        for name, value in self.headers:
+            if name == b"if-none-match":
+                if_none_match = value.decode("latin-1")
+                break
+        return method.decode("ascii"), raw_path.decode("ascii"), if_none_match
+
+    def _over_concurrency_limit(self) -> bool:
+        """uvicorn's ``limit_concurrency`` test: past it, the app path answers 503."""
+        limit = self.limit_concurrency
+        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:
