@@ -108,13 +108,18 @@ def test_one_statement_reads_send_no_begin_and_writes_begin_immediate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A refresh reads the client, the refresh record and the user: one statement each,
-    with no BEGIN/ROLLBACK around them (SQLite runs a statement on one snapshot)."""
+    with no BEGIN/ROLLBACK around them (SQLite runs a statement on one snapshot). What
+    SQLite itself is asked is traced: the request path's statements bypass SQLAlchemy's
+    execution events (issuer.store.prepared)."""
     store = impatient_store(tmp_path / "issuer.db", monkeypatch)
+    store.engine.dispose()  # new connections, each traced from its first statement
     statements: list[str] = []
     event.listen(
         store.engine,
-        "before_cursor_execute",
-        lambda _conn, _cursor, statement, *_: statements.append(statement.split()[0]),
+        "connect",
+        lambda dbapi_connection, _record: dbapi_connection.set_trace_callback(
+            lambda statement: statements.append(" ".join(statement.split()[:2]))
+        ),
     )
     kept = record("fam")
     store.create(kept)
@@ -122,4 +127,13 @@ def test_one_statement_reads_send_no_begin_and_writes_begin_immediate(
     assert store.get_client("nobody") is None
     assert store.get_by_id("nobody") is None
     assert not store.is_denied("nobody")
-    assert statements == ["BEGIN", "INSERT", "SELECT", "SELECT", "SELECT", "SELECT"]
+    assert [s.split()[0] for s in statements] == [
+        "BEGIN",
+        "INSERT",
+        "COMMIT",
+        "SELECT",
+        "SELECT",
+        "SELECT",
+        "SELECT",
+    ]
+    assert statements[0] == "BEGIN IMMEDIATE"

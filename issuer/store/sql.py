@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
     Engine,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -34,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, RowMapping, make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -49,6 +50,7 @@ from issuer.models import (
     UserChange,
     canonical_username,
 )
+from issuer.store import prepared
 from issuer.store.schema import (
     clients,
     password_resets,
@@ -179,21 +181,31 @@ class Writers:
     so nothing waits longer, or fails otherwise, than without it. PostgreSQL: no lock.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, runner: prepared.Runner | None = None) -> None:
         self._engine = writer(engine)
+        self._runner = runner or prepared.Runner(engine)
         self._lock = _sqlite_writer_lock(engine)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A writing transaction, committed when the block ends (rolled back on error)."""
+        with self._locked(), self._engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def prepared(self) -> Iterator[prepared.Connection]:
+        """:meth:`begin` for the request path's prepared statements (``issuer.store.prepared``)."""
+        with self._locked(), self._runner.transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
         if self._lock is None:
-            with self._engine.begin() as conn:
-                yield conn
+            yield
             return
         locked = self._lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
         try:
-            with self._engine.begin() as conn:
-                yield conn
+            yield
         finally:
             if locked:
                 self._lock.release()
@@ -244,7 +256,7 @@ def _sqlite_on_begin(conn: Connection) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def _user(row: RowMapping) -> User:
+def _user(row: Mapping[Any, Any]) -> User:
     return User(
         id=row["id"],
         username=row["username"],
@@ -256,7 +268,7 @@ def _user(row: RowMapping) -> User:
     )
 
 
-def _client(row: RowMapping) -> Client:
+def _client(row: Mapping[Any, Any]) -> Client:
     return Client(
         client_id=row["client_id"],
         auth_method=AuthMethod(row["auth_method"]),
@@ -269,7 +281,7 @@ def _client(row: RowMapping) -> Client:
     )
 
 
-def _refresh(row: RowMapping) -> RefreshRecord:
+def _refresh(row: Mapping[Any, Any]) -> RefreshRecord:
     return RefreshRecord(
         jti=row["jti"],
         family_id=row["family_id"],
@@ -290,11 +302,14 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # The statements every token request runs, compiled once (issuer.store.prepared).
+        self._run = prepared.Runner(engine)
+        self._hot = _HotStatements(self._run)
         # Every transaction that writes goes through this: BEGIN IMMEDIATE on SQLite,
         # one thread of this process at a time (Writers).
-        self._writer = Writers(engine)
+        self._writer = Writers(engine, self._run)
         self._postgres = engine.dialect.name == "postgresql"
-        # Hot reads of exactly one statement (see _ONE_STATEMENT); others use engine.
+        # Other reads of exactly one statement (see _ONE_STATEMENT).
         self._one_read = engine.execution_options(**{_SQLITE_BEGIN: _ONE_STATEMENT})
 
     def close(self) -> None:
@@ -309,14 +324,12 @@ class SqlStore:
 
     # users
     def get_by_username(self, username: str) -> User | None:
-        return self._one_user(users.c.username_canonical == canonical_username(username))
+        values = {"canonical": canonical_username(username)}
+        row = self._run.first_mapping(self._hot.user_by_canonical, values)
+        return _user(row) if row else None
 
     def get_by_id(self, user_id: str) -> User | None:
-        return self._one_user(users.c.id == user_id)
-
-    def _one_user(self, condition: Any) -> User | None:
-        with self._one_read.connect() as conn:
-            row = conn.execute(select(users).where(condition)).mappings().first()
+        row = self._run.first_mapping(self._hot.user_by_id, {"user_id": user_id})
         return _user(row) if row else None
 
     def add_user(self, username: str, password_hash: str, role: Role) -> User:
@@ -370,30 +383,21 @@ class SqlStore:
     # sessions
     def start_session(self, record: RefreshRecord, user: User) -> bool:
         try:
-            with self._writer.begin() as conn:
+            with self._writer.prepared() as conn:
                 # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes):
                 # a concurrent security event waits for this commit, then ends this
                 # session too; or it committed first, and the check below fails.
-                current = conn.execute(
-                    select(users.c.updated_at).where(users.c.id == user.id).with_for_update()
-                ).first()
-                if current is None or int(current.updated_at) != user.updated_at:
+                current = conn.first(self._hot.user_version_for_update, {"user_id": user.id})
+                if current is None or int(current[0]) != user.updated_at:
                     return False
-                _insert_refresh(conn, record)
+                conn.execute(self._hot.insert_refresh, _refresh_values(record)).close()
         except IntegrityError:
             raise DuplicateError("refresh token id already recorded") from None
         return True
 
     def session_revoked(self, family_id: str) -> bool:
-        query = (
-            select(refresh_tokens.c.revoked_at)
-            .where(refresh_tokens.c.family_id == family_id)
-            .order_by(refresh_tokens.c.issued_at.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return row is None or row.revoked_at is not None
+        row = self._run.first(self._hot.session_newest_revoked_at, {"family_id": family_id})
+        return row is None or row[0] is not None
 
     def list_sessions(self, user_id: str, now: int) -> Sequence[Session]:
         r = refresh_tokens.c
@@ -501,12 +505,7 @@ class SqlStore:
 
     # clients
     def get_client(self, client_id: str) -> Client | None:
-        with self._one_read.connect() as conn:
-            row = (
-                conn.execute(select(clients).where(clients.c.client_id == client_id))
-                .mappings()
-                .first()
-            )
+        row = self._run.first_mapping(self._hot.client_by_id, {"client_id": client_id})
         return _client(row) if row else None
 
     def add_client(self, client: Client) -> Client:
@@ -561,33 +560,27 @@ class SqlStore:
     # refresh tokens
     def create(self, record: RefreshRecord) -> None:
         try:
-            with self._writer.begin() as conn:
-                _insert_refresh(conn, record)
+            with self._writer.prepared() as conn:
+                conn.execute(self._hot.insert_refresh, _refresh_values(record)).close()
         except IntegrityError:
             raise DuplicateError("refresh token id already recorded") from None
 
     def get(self, jti: str) -> RefreshRecord | None:
-        with self._one_read.connect() as conn:
-            row = (
-                conn.execute(select(refresh_tokens).where(refresh_tokens.c.jti == jti))
-                .mappings()
-                .first()
-            )
+        row = self._run.first_mapping(self._hot.refresh_by_jti, {"jti": jti})
         return _refresh(row) if row else None
 
     def rotate(self, old_jti: str, new: RefreshRecord, now: int) -> bool:
         try:
-            with self._writer.begin() as conn:
+            with self._writer.prepared() as conn:
                 spent = conn.execute(
-                    update(refresh_tokens)
-                    .where(refresh_tokens.c.jti == old_jti)
-                    .where(refresh_tokens.c.spent_at.is_(None))
-                    .where(refresh_tokens.c.revoked_at.is_(None))
-                    .values(spent_at=now, successor_jti=new.jti)
+                    self._hot.spend_refresh,
+                    {"old_jti": old_jti, "spent_now": now, "new_jti": new.jti},
                 )
-                if spent.rowcount != 1:
+                changed = spent.rowcount
+                spent.close()
+                if changed != 1:
                     return False
-                _insert_refresh(conn, new)
+                conn.execute(self._hot.insert_refresh, _refresh_values(new)).close()
         except IntegrityError:
             # The new jti is taken: the whole transaction, spending included, rolled back.
             raise DuplicateError("refresh token id already recorded") from None
@@ -637,11 +630,7 @@ class SqlStore:
             conn.execute(statement)
 
     def is_denied(self, jti: str) -> bool:
-        with self._one_read.connect() as conn:
-            row = conn.execute(
-                select(revoked_access_tokens.c.jti).where(revoked_access_tokens.c.jti == jti)
-            ).first()
-        return row is not None
+        return self._run.first(self._hot.denied_jti, {"jti": jti}) is not None
 
     def purge_expired(self, now: int) -> int:
         with self._writer.begin() as conn:
@@ -725,19 +714,60 @@ def _revoke_counting(conn: Connection, which: Any, now: int) -> tuple[int, list[
     return total, sorted(families)
 
 
-def _insert_refresh(conn: Connection, record: RefreshRecord) -> None:
-    conn.execute(
-        insert(refresh_tokens).values(
-            jti=record.jti,
-            family_id=record.family_id,
-            user_id=record.user_id,
-            client_id=record.client_id,
-            scope=record.scope,
-            issued_at=record.issued_at,
-            expires_at=record.expires_at,
-            spent_at=record.spent_at,
-            revoked_at=record.revoked_at,
-            session_started_at=record.session_started_at,
-            successor_jti=record.successor_jti,
+def _refresh_values(record: RefreshRecord) -> dict[str, Any]:
+    """A record as its row: every column of ``refresh_tokens``, by name."""
+    return {
+        "jti": record.jti,
+        "family_id": record.family_id,
+        "user_id": record.user_id,
+        "client_id": record.client_id,
+        "scope": record.scope,
+        "issued_at": record.issued_at,
+        "expires_at": record.expires_at,
+        "spent_at": record.spent_at,
+        "revoked_at": record.revoked_at,
+        "session_started_at": record.session_started_at,
+        "successor_jti": record.successor_jti,
+    }
+
+
+class _HotStatements:
+    """The statements of the request path (token, introspection, userinfo), built from the
+    schema's tables and compiled once for the engine's dialect (``issuer.store.prepared``).
+    The rest of the store builds its statements per call: they are rare."""
+
+    def __init__(self, run: prepared.Runner) -> None:
+        r = refresh_tokens.c
+        self.client_by_id = run.prepare(
+            select(clients).where(clients.c.client_id == bindparam("client_id"))
         )
-    )
+        self.user_by_id = run.prepare(select(users).where(users.c.id == bindparam("user_id")))
+        self.user_by_canonical = run.prepare(
+            select(users).where(users.c.username_canonical == bindparam("canonical"))
+        )
+        # FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes.
+        self.user_version_for_update = run.prepare(
+            select(users.c.updated_at).where(users.c.id == bindparam("user_id")).with_for_update()
+        )
+        self.refresh_by_jti = run.prepare(select(refresh_tokens).where(r.jti == bindparam("jti")))
+        # Every column, bound by its name (_refresh_values).
+        self.insert_refresh = run.prepare(insert(refresh_tokens))
+        # The rotation's compare-and-set: changes one row, or none if already spent/revoked.
+        self.spend_refresh = run.prepare(
+            update(refresh_tokens)
+            .where(r.jti == bindparam("old_jti"))
+            .where(r.spent_at.is_(None))
+            .where(r.revoked_at.is_(None))
+            .values(spent_at=bindparam("spent_now"), successor_jti=bindparam("new_jti"))
+        )
+        self.session_newest_revoked_at = run.prepare(
+            select(r.revoked_at)
+            .where(r.family_id == bindparam("family_id"))
+            .order_by(r.issued_at.desc())
+            .limit(1)
+        )
+        self.denied_jti = run.prepare(
+            select(revoked_access_tokens.c.jti).where(
+                revoked_access_tokens.c.jti == bindparam("jti")
+            )
+        )
