@@ -9,9 +9,11 @@ for it.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from issuer.store import migrate
 from issuer.store import sql as sql_module
 from issuer.store.schema import refresh_tokens
 from issuer.store.sql import SqlStore, make_engine
+from issuer.store.writerlock import LOCK_SUFFIX
 
 THREADS = 8
 WRITES_EACH = 25
@@ -85,6 +88,35 @@ def test_two_stores_on_one_file_share_the_writer_lock(
         futures = [pool.submit(write, first, "a"), pool.submit(write, second, "b")]
         for future in futures:
             future.result()
+
+
+def _write_from_another_process(path: str, family: str, start: float) -> int:
+    """A worker process: WRITES_EACH inserts through a store whose SQLite never waits."""
+    sql_module.SQLITE_BUSY_TIMEOUT_S = 0
+    store = SqlStore(make_engine(f"sqlite:///{path}"))
+    assert store.get("nothing") is None  # connect (PRAGMAs) before the race starts
+    while time.time() < start:  # both processes start writing at once
+        time.sleep(0.001)
+    for _ in range(WRITES_EACH * 4):
+        store.create(record(family))  # "database is locked" here if the processes met
+    store.close()
+    return WRITES_EACH * 4
+
+
+def test_writers_of_two_processes_queue_on_the_file_lock_not_in_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers (processes) writing at once never meet in SQLite's busy handler: they
+    queue on the flock of ``<database>-writer.lock`` (issuer.store.writerlock)."""
+    path = tmp_path / "issuer.db"
+    impatient_store(path, monkeypatch).close()
+    start = time.time() + 2
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        futures = [pool.submit(_write_from_another_process, str(path), f, start) for f in "ab"]
+        assert [future.result(timeout=120) for future in futures] == [WRITES_EACH * 4] * 2
+    lock_file = tmp_path / ("issuer.db" + LOCK_SUFFIX)
+    assert lock_file.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_failed_write_releases_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

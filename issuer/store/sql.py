@@ -58,13 +58,11 @@ from issuer.store.schema import (
     revoked_access_tokens,
     users,
 )
+from issuer.store.writerlock import WriterLock, writer_lock
 
 SQLITE_BUSY_TIMEOUT_S = 30
 _UMASK_LOCK = threading.Lock()
 
-# One in-process writer lock per SQLite database file (see SqliteWriters).
-_WRITER_LOCKS: dict[str, threading.RLock] = {}
-_WRITER_LOCKS_GUARD = threading.Lock()
 
 # Execution option read by the SQLite "begin" hook: how to open a transaction.
 _SQLITE_BEGIN = "issuer_sqlite_begin"
@@ -168,17 +166,17 @@ def writer(engine: Engine) -> Engine:
 
 class Writers:
     """Opens the transactions that write: ``BEGIN IMMEDIATE`` on SQLite, one at a time
-    per process and database file.
+    per database file, across the threads of a process and across processes.
 
     SQLite has one write lock per database. Threads that each send ``BEGIN IMMEDIATE``
     wait for it in SQLite's busy handler, which polls with back-off sleeps (1, 2, 5 … up
     to 100 ms): measured with ``make bench`` (refresh grant, one worker), 43 % of the
-    request threads' time went there and p99 was ~400 ms for 20 ms of work. So the threads
-    of one process queue on a Python lock first (woken the moment the holder commits)
-    and only one of them at a time asks SQLite; the busy handler is left to arbitrate
-    between processes (workers, replicas, the CLI), as before. The lock is re-entrant and
-    its wait bounded by the busy timeout, after which the transaction asks SQLite anyway,
-    so nothing waits longer, or fails otherwise, than without it. PostgreSQL: no lock.
+    request threads' time went there and p99 was ~400 ms for 20 ms of work. So writers
+    queue first on the database's :class:`issuer.store.writerlock.WriterLock` (a thread
+    lock, then a ``flock`` shared by the processes: workers, replicas, the CLI) and only
+    one at a time asks SQLite. The lock is re-entrant and its waits bounded by the busy
+    timeout, after which the transaction asks SQLite anyway, so nothing waits longer, or
+    fails otherwise, than without it. PostgreSQL: no lock.
     """
 
     def __init__(self, engine: Engine, runner: prepared.Runner | None = None) -> None:
@@ -203,24 +201,18 @@ class Writers:
         if self._lock is None:
             yield
             return
-        locked = self._lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
-        try:
+        with self._lock.held(SQLITE_BUSY_TIMEOUT_S):
             yield
-        finally:
-            if locked:
-                self._lock.release()
 
 
-def _sqlite_writer_lock(engine: Engine) -> threading.RLock | None:
+def _sqlite_writer_lock(engine: Engine) -> WriterLock | None:
     """The process's writer lock for ``engine``'s SQLite file; None for other databases."""
     if engine.dialect.name != "sqlite":
         return None
     database = engine.url.database
     if not database or database == ":memory:" or "mode=memory" in str(engine.url):
         return None
-    path = os.path.realpath(database.removeprefix("file:").split("?", 1)[0])
-    with _WRITER_LOCKS_GUARD:
-        return _WRITER_LOCKS.setdefault(path, threading.RLock())
+    return writer_lock(database.removeprefix("file:").split("?", 1)[0])
 
 
 def _sqlite_connect_privately(
