@@ -102,11 +102,16 @@ class Runner:
     def first(self, prepared: Prepared, values: Mapping[str, Any]) -> Row | None:
         """The first row of a one-statement read, outside any explicit transaction.
 
-        SQLite runs one statement on one consistent snapshot, so it needs no BEGIN; on
-        PostgreSQL the driver opens the transaction and the pool's reset ends it.
+        SQLite runs one statement on one consistent snapshot, so it needs no BEGIN.
+        PostgreSQL too (READ COMMITTED: a statement's own snapshot), so the read runs in
+        autocommit: no transaction is left open for the pool's reset to roll back, one
+        round trip instead of two.
         """
         with self.connection() as conn:
-            return conn.first(prepared, values)
+            if self.sqlite:
+                return conn.first(prepared, values)
+            with conn.autocommit():
+                return conn.first(prepared, values)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -152,6 +157,19 @@ class Connection:
     def first_mapping(self, prepared: Prepared, values: Mapping[str, Any]) -> dict[str, Any] | None:
         row = self.first(prepared, values)
         return dict(zip(prepared.columns, row, strict=True)) if row is not None else None
+
+    @contextmanager
+    def autocommit(self) -> Iterator[None]:
+        """PostgreSQL: each statement of the block commits on its own; the connection
+        goes back to the pool in its usual (transactional) mode, or is invalidated."""
+        self._dbapi.autocommit = True
+        try:
+            yield
+        finally:
+            try:
+                self._dbapi.autocommit = False
+            except self._dbapi_error as exc:
+                self._pooled.invalidate(exc)
 
     def execute_sql(self, sql: str) -> None:
         self._run(sql, ()).close()
