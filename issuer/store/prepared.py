@@ -113,6 +113,19 @@ class Runner:
             with conn.autocommit():
                 return conn.first(prepared, values)
 
+    def rowcount_autocommit(self, prepared: Prepared, values: Mapping[str, Any]) -> int:
+        """PostgreSQL: run one writing statement as its own transaction (a statement is
+        atomic: all of it commits or none), one round trip with no BEGIN or COMMIT; the
+        number of rows it changed."""
+        if self.sqlite:
+            raise ValueError("SQLite writers take BEGIN IMMEDIATE: use transaction()")
+        with self.connection() as conn, conn.autocommit():
+            cursor = conn.execute(prepared, values)
+            try:
+                return int(cursor.rowcount)
+            finally:
+                cursor.close()
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A writing transaction: ``BEGIN IMMEDIATE`` on SQLite (the caller holds the

@@ -28,6 +28,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     select,
@@ -147,7 +148,7 @@ def make_engine(
         given = make_url(url).query.get("options", "")
         options = " ".join(given) if isinstance(given, tuple) else given
         connect_args["options"] = f"{options} -c statement_timeout={statement_timeout * 1000}"
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -157,6 +158,20 @@ def make_engine(
         isolation_level="READ COMMITTED",
         connect_args=connect_args,
     )
+    event.listen(engine, "connect", _postgres_on_connect)
+    return engine
+
+
+def _postgres_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    """READ COMMITTED also for statements run in autocommit (issuer.store.prepared), which
+    the engine's pinned level does not reach: it is sent with each BEGIN, and they have
+    none. Without this they would run at the server's or role's default level."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
 
 
 def writer(engine: Engine) -> Engine:
@@ -562,12 +577,19 @@ class SqlStore:
         return _refresh(row) if row else None
 
     def rotate(self, old_jti: str, new: RefreshRecord, now: int) -> bool:
+        spend = {"old_jti": old_jti, "spent_now": now, "new_jti": new.jti}
+        if self._hot.rotate_in_one_statement is not None:
+            row = {f"row_{name}": value for name, value in _refresh_values(new).items()}
+            try:
+                inserted = self._run.rowcount_autocommit(
+                    self._hot.rotate_in_one_statement, {**spend, **row}
+                )
+            except IntegrityError:
+                raise DuplicateError("refresh token id already recorded") from None
+            return inserted == 1
         try:
             with self._writer.prepared() as conn:
-                spent = conn.execute(
-                    self._hot.spend_refresh,
-                    {"old_jti": old_jti, "spent_now": now, "new_jti": new.jti},
-                )
+                spent = conn.execute(self._hot.spend_refresh, spend)
                 changed = spent.rowcount
                 spent.close()
                 if changed != 1:
@@ -752,6 +774,29 @@ class _HotStatements:
             .where(r.revoked_at.is_(None))
             .values(spent_at=bindparam("spent_now"), successor_jti=bindparam("new_jti"))
         )
+        # PostgreSQL: the compare-and-set and the insert as one statement (a data-modifying
+        # WITH), run in autocommit: atomic on its own, one round trip instead of four
+        # (BEGIN, UPDATE, INSERT, COMMIT). Under READ COMMITTED a concurrent rotation's
+        # UPDATE waits for the row lock, re-checks, matches nothing, inserts nothing.
+        self.rotate_in_one_statement: prepared.Prepared | None = None
+        if run.dialect.name == "postgresql":
+            spent = (
+                update(refresh_tokens)
+                .where(r.jti == bindparam("old_jti"))
+                .where(r.spent_at.is_(None))
+                .where(r.revoked_at.is_(None))
+                .values(spent_at=bindparam("spent_now"), successor_jti=bindparam("new_jti"))
+                .returning(r.jti)
+                .cte("spent")
+            )
+            new_row = select(
+                *(bindparam(f"row_{c.name}", type_=c.type) for c in refresh_tokens.c)
+            ).where(exists(select(spent.c.jti)))
+            self.rotate_in_one_statement = run.prepare(
+                insert(refresh_tokens)
+                .from_select([c.name for c in refresh_tokens.c], new_row)
+                .add_cte(spent)
+            )
         self.session_newest_revoked_at = run.prepare(
             select(r.revoked_at)
             .where(r.family_id == bindparam("family_id"))
