@@ -9,9 +9,11 @@ for it.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from issuer.store import migrate
 from issuer.store import sql as sql_module
 from issuer.store.schema import refresh_tokens
 from issuer.store.sql import SqlStore, make_engine
+from issuer.store.writerlock import LOCK_SUFFIX
 
 THREADS = 8
 WRITES_EACH = 25
@@ -87,6 +90,44 @@ def test_two_stores_on_one_file_share_the_writer_lock(
             future.result()
 
 
+_KEPT_OPEN: list[SqlStore] = []
+
+
+def _write_from_another_process(path: str, family: str, start: float) -> int:
+    """A worker process: WRITES_EACH inserts through a store whose SQLite never waits."""
+    patience = sql_module.SQLITE_BUSY_TIMEOUT_S
+    sql_module.SQLITE_BUSY_TIMEOUT_S = 0  # SQLite's busy timeout only: the locks still wait
+    engine = make_engine(f"sqlite:///{path}")
+    sql_module.SQLITE_BUSY_TIMEOUT_S = patience
+    store = SqlStore(engine)
+    assert store.get("nothing") is None  # connect (PRAGMAs) before the race starts
+    while time.time() < start:  # both processes start writing at once
+        time.sleep(0.001)
+    for _ in range(WRITES_EACH * 4):
+        store.create(record(family))  # "database is locked" here if the processes met
+    # Not closed here: the last connection to close checkpoints the WAL, outside any
+    # writer's lock, and the other process, whose SQLite never waits, would see that.
+    # The pool's processes exit (and close it) once both have returned.
+    _KEPT_OPEN.append(store)
+    return WRITES_EACH * 4
+
+
+def test_writers_of_two_processes_queue_on_the_file_lock_not_in_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers (processes) writing at once never meet in SQLite's busy handler: they
+    queue on the flock of ``<database>-writer.lock`` (issuer.store.writerlock)."""
+    path = tmp_path / "issuer.db"
+    impatient_store(path, monkeypatch).close()
+    start = time.time() + 2
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        futures = [pool.submit(_write_from_another_process, str(path), f, start) for f in "ab"]
+        assert [future.result(timeout=120) for future in futures] == [WRITES_EACH * 4] * 2
+    lock_file = tmp_path / ("issuer.db" + LOCK_SUFFIX)
+    assert lock_file.stat().st_mode & 0o777 == 0o600
+
+
 def test_a_failed_write_releases_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = impatient_store(tmp_path / "issuer.db", monkeypatch)
     taken = record("fam")
@@ -108,13 +149,18 @@ def test_one_statement_reads_send_no_begin_and_writes_begin_immediate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A refresh reads the client, the refresh record and the user: one statement each,
-    with no BEGIN/ROLLBACK around them (SQLite runs a statement on one snapshot)."""
+    with no BEGIN/ROLLBACK around them (SQLite runs a statement on one snapshot). What
+    SQLite itself is asked is traced: the request path's statements bypass SQLAlchemy's
+    execution events (issuer.store.prepared)."""
     store = impatient_store(tmp_path / "issuer.db", monkeypatch)
+    store.engine.dispose()  # new connections, each traced from its first statement
     statements: list[str] = []
     event.listen(
         store.engine,
-        "before_cursor_execute",
-        lambda _conn, _cursor, statement, *_: statements.append(statement.split()[0]),
+        "connect",
+        lambda dbapi_connection, _record: dbapi_connection.set_trace_callback(
+            lambda statement: statements.append(" ".join(statement.split()[:2]))
+        ),
     )
     kept = record("fam")
     store.create(kept)
@@ -122,4 +168,13 @@ def test_one_statement_reads_send_no_begin_and_writes_begin_immediate(
     assert store.get_client("nobody") is None
     assert store.get_by_id("nobody") is None
     assert not store.is_denied("nobody")
-    assert statements == ["BEGIN", "INSERT", "SELECT", "SELECT", "SELECT", "SELECT"]
+    assert [s.split()[0] for s in statements] == [
+        "BEGIN",
+        "INSERT",
+        "COMMIT",
+        "SELECT",
+        "SELECT",
+        "SELECT",
+        "SELECT",
+    ]
+    assert statements[0] == "BEGIN IMMEDIATE"

@@ -18,15 +18,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
     Engine,
+    bindparam,
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     select,
@@ -34,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, RowMapping, make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -49,6 +51,7 @@ from issuer.models import (
     UserChange,
     canonical_username,
 )
+from issuer.store import prepared
 from issuer.store.schema import (
     clients,
     password_resets,
@@ -56,13 +59,11 @@ from issuer.store.schema import (
     revoked_access_tokens,
     users,
 )
+from issuer.store.writerlock import WriterLock, writer_lock
 
 SQLITE_BUSY_TIMEOUT_S = 30
 _UMASK_LOCK = threading.Lock()
 
-# One in-process writer lock per SQLite database file (see SqliteWriters).
-_WRITER_LOCKS: dict[str, threading.RLock] = {}
-_WRITER_LOCKS_GUARD = threading.Lock()
 
 # Execution option read by the SQLite "begin" hook: how to open a transaction.
 _SQLITE_BEGIN = "issuer_sqlite_begin"
@@ -147,7 +148,7 @@ def make_engine(
         given = make_url(url).query.get("options", "")
         options = " ".join(given) if isinstance(given, tuple) else given
         connect_args["options"] = f"{options} -c statement_timeout={statement_timeout * 1000}"
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -157,6 +158,20 @@ def make_engine(
         isolation_level="READ COMMITTED",
         connect_args=connect_args,
     )
+    event.listen(engine, "connect", _postgres_on_connect)
+    return engine
+
+
+def _postgres_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    """READ COMMITTED also for statements run in autocommit (issuer.store.prepared), which
+    the engine's pinned level does not reach: it is sent with each BEGIN, and they have
+    none. Without this they would run at the server's or role's default level."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
 
 
 def writer(engine: Engine) -> Engine:
@@ -166,49 +181,53 @@ def writer(engine: Engine) -> Engine:
 
 class Writers:
     """Opens the transactions that write: ``BEGIN IMMEDIATE`` on SQLite, one at a time
-    per process and database file.
+    per database file, across the threads of a process and across processes.
 
     SQLite has one write lock per database. Threads that each send ``BEGIN IMMEDIATE``
     wait for it in SQLite's busy handler, which polls with back-off sleeps (1, 2, 5 … up
     to 100 ms): measured with ``make bench`` (refresh grant, one worker), 43 % of the
-    request threads' time went there and p99 was ~400 ms for 20 ms of work. So the threads
-    of one process queue on a Python lock first (woken the moment the holder commits)
-    and only one of them at a time asks SQLite; the busy handler is left to arbitrate
-    between processes (workers, replicas, the CLI), as before. The lock is re-entrant and
-    its wait bounded by the busy timeout, after which the transaction asks SQLite anyway,
-    so nothing waits longer, or fails otherwise, than without it. PostgreSQL: no lock.
+    request threads' time went there and p99 was ~400 ms for 20 ms of work. So writers
+    queue first on the database's :class:`issuer.store.writerlock.WriterLock` (a thread
+    lock, then a ``flock`` shared by the processes: workers, replicas, the CLI) and only
+    one at a time asks SQLite. The lock is re-entrant and its waits bounded by the busy
+    timeout, after which the transaction asks SQLite anyway, so nothing waits longer, or
+    fails otherwise, than without it. PostgreSQL: no lock.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, runner: prepared.Runner | None = None) -> None:
         self._engine = writer(engine)
+        self._runner = runner or prepared.Runner(engine)
         self._lock = _sqlite_writer_lock(engine)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A writing transaction, committed when the block ends (rolled back on error)."""
+        with self._locked(), self._engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def prepared(self) -> Iterator[prepared.Connection]:
+        """:meth:`begin` for the request path's prepared statements (``issuer.store.prepared``)."""
+        with self._locked(), self._runner.transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
         if self._lock is None:
-            with self._engine.begin() as conn:
-                yield conn
+            yield
             return
-        locked = self._lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
-        try:
-            with self._engine.begin() as conn:
-                yield conn
-        finally:
-            if locked:
-                self._lock.release()
+        with self._lock.held(SQLITE_BUSY_TIMEOUT_S):
+            yield
 
 
-def _sqlite_writer_lock(engine: Engine) -> threading.RLock | None:
+def _sqlite_writer_lock(engine: Engine) -> WriterLock | None:
     """The process's writer lock for ``engine``'s SQLite file; None for other databases."""
     if engine.dialect.name != "sqlite":
         return None
     database = engine.url.database
     if not database or database == ":memory:" or "mode=memory" in str(engine.url):
         return None
-    path = os.path.realpath(database.removeprefix("file:").split("?", 1)[0])
-    with _WRITER_LOCKS_GUARD:
-        return _WRITER_LOCKS.setdefault(path, threading.RLock())
+    return writer_lock(database.removeprefix("file:").split("?", 1)[0])
 
 
 def _sqlite_connect_privately(
@@ -244,7 +263,7 @@ def _sqlite_on_begin(conn: Connection) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def _user(row: RowMapping) -> User:
+def _user(row: Mapping[Any, Any]) -> User:
     return User(
         id=row["id"],
         username=row["username"],
@@ -256,7 +275,7 @@ def _user(row: RowMapping) -> User:
     )
 
 
-def _client(row: RowMapping) -> Client:
+def _client(row: Mapping[Any, Any]) -> Client:
     return Client(
         client_id=row["client_id"],
         auth_method=AuthMethod(row["auth_method"]),
@@ -269,7 +288,7 @@ def _client(row: RowMapping) -> Client:
     )
 
 
-def _refresh(row: RowMapping) -> RefreshRecord:
+def _refresh(row: Mapping[Any, Any]) -> RefreshRecord:
     return RefreshRecord(
         jti=row["jti"],
         family_id=row["family_id"],
@@ -290,11 +309,14 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # The statements every token request runs, compiled once (issuer.store.prepared).
+        self._run = prepared.Runner(engine)
+        self._hot = _HotStatements(self._run)
         # Every transaction that writes goes through this: BEGIN IMMEDIATE on SQLite,
         # one thread of this process at a time (Writers).
-        self._writer = Writers(engine)
+        self._writer = Writers(engine, self._run)
         self._postgres = engine.dialect.name == "postgresql"
-        # Hot reads of exactly one statement (see _ONE_STATEMENT); others use engine.
+        # Other reads of exactly one statement (see _ONE_STATEMENT).
         self._one_read = engine.execution_options(**{_SQLITE_BEGIN: _ONE_STATEMENT})
 
     def close(self) -> None:
@@ -309,14 +331,12 @@ class SqlStore:
 
     # users
     def get_by_username(self, username: str) -> User | None:
-        return self._one_user(users.c.username_canonical == canonical_username(username))
+        values = {"canonical": canonical_username(username)}
+        row = self._run.first_mapping(self._hot.user_by_canonical, values)
+        return _user(row) if row else None
 
     def get_by_id(self, user_id: str) -> User | None:
-        return self._one_user(users.c.id == user_id)
-
-    def _one_user(self, condition: Any) -> User | None:
-        with self._one_read.connect() as conn:
-            row = conn.execute(select(users).where(condition)).mappings().first()
+        row = self._run.first_mapping(self._hot.user_by_id, {"user_id": user_id})
         return _user(row) if row else None
 
     def add_user(self, username: str, password_hash: str, role: Role) -> User:
@@ -370,30 +390,21 @@ class SqlStore:
     # sessions
     def start_session(self, record: RefreshRecord, user: User) -> bool:
         try:
-            with self._writer.begin() as conn:
+            with self._writer.prepared() as conn:
                 # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes):
                 # a concurrent security event waits for this commit, then ends this
                 # session too; or it committed first, and the check below fails.
-                current = conn.execute(
-                    select(users.c.updated_at).where(users.c.id == user.id).with_for_update()
-                ).first()
-                if current is None or int(current.updated_at) != user.updated_at:
+                current = conn.first(self._hot.user_version_for_update, {"user_id": user.id})
+                if current is None or int(current[0]) != user.updated_at:
                     return False
-                _insert_refresh(conn, record)
+                conn.execute(self._hot.insert_refresh, _refresh_values(record)).close()
         except IntegrityError:
             raise DuplicateError("refresh token id already recorded") from None
         return True
 
     def session_revoked(self, family_id: str) -> bool:
-        query = (
-            select(refresh_tokens.c.revoked_at)
-            .where(refresh_tokens.c.family_id == family_id)
-            .order_by(refresh_tokens.c.issued_at.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return row is None or row.revoked_at is not None
+        row = self._run.first(self._hot.session_newest_revoked_at, {"family_id": family_id})
+        return row is None or row[0] is not None
 
     def list_sessions(self, user_id: str, now: int) -> Sequence[Session]:
         r = refresh_tokens.c
@@ -501,12 +512,7 @@ class SqlStore:
 
     # clients
     def get_client(self, client_id: str) -> Client | None:
-        with self._one_read.connect() as conn:
-            row = (
-                conn.execute(select(clients).where(clients.c.client_id == client_id))
-                .mappings()
-                .first()
-            )
+        row = self._run.first_mapping(self._hot.client_by_id, {"client_id": client_id})
         return _client(row) if row else None
 
     def add_client(self, client: Client) -> Client:
@@ -561,33 +567,34 @@ class SqlStore:
     # refresh tokens
     def create(self, record: RefreshRecord) -> None:
         try:
-            with self._writer.begin() as conn:
-                _insert_refresh(conn, record)
+            with self._writer.prepared() as conn:
+                conn.execute(self._hot.insert_refresh, _refresh_values(record)).close()
         except IntegrityError:
             raise DuplicateError("refresh token id already recorded") from None
 
     def get(self, jti: str) -> RefreshRecord | None:
-        with self._one_read.connect() as conn:
-            row = (
-                conn.execute(select(refresh_tokens).where(refresh_tokens.c.jti == jti))
-                .mappings()
-                .first()
-            )
+        row = self._run.first_mapping(self._hot.refresh_by_jti, {"jti": jti})
         return _refresh(row) if row else None
 
     def rotate(self, old_jti: str, new: RefreshRecord, now: int) -> bool:
-        try:
-            with self._writer.begin() as conn:
-                spent = conn.execute(
-                    update(refresh_tokens)
-                    .where(refresh_tokens.c.jti == old_jti)
-                    .where(refresh_tokens.c.spent_at.is_(None))
-                    .where(refresh_tokens.c.revoked_at.is_(None))
-                    .values(spent_at=now, successor_jti=new.jti)
+        spend = {"old_jti": old_jti, "spent_now": now, "new_jti": new.jti}
+        if self._hot.rotate_in_one_statement is not None:
+            row = {f"row_{name}": value for name, value in _refresh_values(new).items()}
+            try:
+                inserted = self._run.rowcount_autocommit(
+                    self._hot.rotate_in_one_statement, {**spend, **row}
                 )
-                if spent.rowcount != 1:
+            except IntegrityError:
+                raise DuplicateError("refresh token id already recorded") from None
+            return inserted == 1
+        try:
+            with self._writer.prepared() as conn:
+                spent = conn.execute(self._hot.spend_refresh, spend)
+                changed = spent.rowcount
+                spent.close()
+                if changed != 1:
                     return False
-                _insert_refresh(conn, new)
+                conn.execute(self._hot.insert_refresh, _refresh_values(new)).close()
         except IntegrityError:
             # The new jti is taken: the whole transaction, spending included, rolled back.
             raise DuplicateError("refresh token id already recorded") from None
@@ -637,11 +644,7 @@ class SqlStore:
             conn.execute(statement)
 
     def is_denied(self, jti: str) -> bool:
-        with self._one_read.connect() as conn:
-            row = conn.execute(
-                select(revoked_access_tokens.c.jti).where(revoked_access_tokens.c.jti == jti)
-            ).first()
-        return row is not None
+        return self._run.first(self._hot.denied_jti, {"jti": jti}) is not None
 
     def purge_expired(self, now: int) -> int:
         with self._writer.begin() as conn:
@@ -725,19 +728,83 @@ def _revoke_counting(conn: Connection, which: Any, now: int) -> tuple[int, list[
     return total, sorted(families)
 
 
-def _insert_refresh(conn: Connection, record: RefreshRecord) -> None:
-    conn.execute(
-        insert(refresh_tokens).values(
-            jti=record.jti,
-            family_id=record.family_id,
-            user_id=record.user_id,
-            client_id=record.client_id,
-            scope=record.scope,
-            issued_at=record.issued_at,
-            expires_at=record.expires_at,
-            spent_at=record.spent_at,
-            revoked_at=record.revoked_at,
-            session_started_at=record.session_started_at,
-            successor_jti=record.successor_jti,
+def _refresh_values(record: RefreshRecord) -> dict[str, Any]:
+    """A record as its row: every column of ``refresh_tokens``, by name."""
+    return {
+        "jti": record.jti,
+        "family_id": record.family_id,
+        "user_id": record.user_id,
+        "client_id": record.client_id,
+        "scope": record.scope,
+        "issued_at": record.issued_at,
+        "expires_at": record.expires_at,
+        "spent_at": record.spent_at,
+        "revoked_at": record.revoked_at,
+        "session_started_at": record.session_started_at,
+        "successor_jti": record.successor_jti,
+    }
+
+
+class _HotStatements:
+    """The statements of the request path (token, introspection, userinfo), built from the
+    schema's tables and compiled once for the engine's dialect (``issuer.store.prepared``).
+    The rest of the store builds its statements per call: they are rare."""
+
+    def __init__(self, run: prepared.Runner) -> None:
+        r = refresh_tokens.c
+        self.client_by_id = run.prepare(
+            select(clients).where(clients.c.client_id == bindparam("client_id"))
         )
-    )
+        self.user_by_id = run.prepare(select(users).where(users.c.id == bindparam("user_id")))
+        self.user_by_canonical = run.prepare(
+            select(users).where(users.c.username_canonical == bindparam("canonical"))
+        )
+        # FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes.
+        self.user_version_for_update = run.prepare(
+            select(users.c.updated_at).where(users.c.id == bindparam("user_id")).with_for_update()
+        )
+        self.refresh_by_jti = run.prepare(select(refresh_tokens).where(r.jti == bindparam("jti")))
+        # Every column, bound by its name (_refresh_values).
+        self.insert_refresh = run.prepare(insert(refresh_tokens))
+        # The rotation's compare-and-set: changes one row, or none if already spent/revoked.
+        self.spend_refresh = run.prepare(
+            update(refresh_tokens)
+            .where(r.jti == bindparam("old_jti"))
+            .where(r.spent_at.is_(None))
+            .where(r.revoked_at.is_(None))
+            .values(spent_at=bindparam("spent_now"), successor_jti=bindparam("new_jti"))
+        )
+        # PostgreSQL: the compare-and-set and the insert as one statement (a data-modifying
+        # WITH), run in autocommit: atomic on its own, one round trip instead of four
+        # (BEGIN, UPDATE, INSERT, COMMIT). Under READ COMMITTED a concurrent rotation's
+        # UPDATE waits for the row lock, re-checks, matches nothing, inserts nothing.
+        self.rotate_in_one_statement: prepared.Prepared | None = None
+        if run.dialect.name == "postgresql":
+            spent = (
+                update(refresh_tokens)
+                .where(r.jti == bindparam("old_jti"))
+                .where(r.spent_at.is_(None))
+                .where(r.revoked_at.is_(None))
+                .values(spent_at=bindparam("spent_now"), successor_jti=bindparam("new_jti"))
+                .returning(r.jti)
+                .cte("spent")
+            )
+            new_row = select(
+                *(bindparam(f"row_{c.name}", type_=c.type) for c in refresh_tokens.c)
+            ).where(exists(select(spent.c.jti)))
+            self.rotate_in_one_statement = run.prepare(
+                insert(refresh_tokens)
+                .from_select([c.name for c in refresh_tokens.c], new_row)
+                .add_cte(spent)
+            )
+        self.session_newest_revoked_at = run.prepare(
+            select(r.revoked_at)
+            .where(r.family_id == bindparam("family_id"))
+            .order_by(r.issued_at.desc())
+            .limit(1)
+        )
+        self.denied_jti = run.prepare(
+            select(revoked_access_tokens.c.jti).where(
+                revoked_access_tokens.c.jti == bindparam("jti")
+            )
+        )
