@@ -75,7 +75,8 @@ class Settings:
     allow_insecure_http: bool = False
     log_level: str = "info"
     log_format: str = "text"
-    rsa_key_size: int = 3072
+    # keystore.material.DEFAULT_RSA_BITS; existing keys keep whatever size they were made with.
+    rsa_key_size: int = 2048
     jwks_max_age: int = 300
     key_reload_interval: float = 1.0
     db_pool_size: int = 5

@@ -56,11 +56,25 @@ def test_key_files_are_unencrypted_pem_private_keys_of_their_algorithm(make_sett
         assert check(load_pem_private_key(data, password=None))
 
 
-def test_default_rsa_keys_are_3072_bits(make_settings):
+def test_default_rsa_keys_are_2048_bits(make_settings):
     settings = make_settings(signing_alg="RS256", secret_key=None)
-    assert settings.rsa_key_size == 3072
-    key = generate_key("RS256", settings.rsa_key_size)
-    assert key.raw_value.key_size == 3072
+    assert settings.rsa_key_size == 2048
+    key = generate_key("RS256")
+    assert key.raw_value.key_size == 2048
+
+
+@pytest.mark.parametrize(("configured", "bits"), [(None, 2048), (3072, 3072)])
+def test_a_new_key_sets_rsa_keys_have_the_configured_size(make_settings, configured, bits):
+    overrides = {} if configured is None else {"rsa_key_size": configured}
+    settings = make_settings(signing_alg="RS256", secret_key=None, **overrides)
+    build_key_manager(settings).ensure()
+    records = read_manifest(settings.keys_dir)
+    assert records
+    for record in records:
+        data = (settings.keys_dir / record.file).read_bytes()
+        key = load_pem_private_key(data, password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        assert key.key_size == bits
 
 
 def rfc7638_thumbprint(jwk: dict) -> str:

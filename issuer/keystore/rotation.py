@@ -46,6 +46,7 @@ from issuer.errors import KeyStoreError
 from issuer.keystore.manifest import Clock, KeyRecord, KeyState, Manifest
 from issuer.keystore.material import (
     ASYMMETRIC_ALGS,
+    DEFAULT_RSA_BITS,
     KNOWN_ALGS,
     generate_key,
     key_id,
@@ -132,7 +133,7 @@ class KeyManager:
         *,
         jwks_max_age: int,
         retire_after: int,
-        rsa_key_size: int = 3072,
+        rsa_key_size: int = DEFAULT_RSA_BITS,
         reload_interval: float = 1.0,
         clock: Clock = time.time,
     ) -> None:
