@@ -42,37 +42,67 @@ BCRYPT_NICENESS = 10
 
 
 class _BcryptPool:
-    """bcrypt's own threads: one per core, at a lower OS priority than request work.
+    """bcrypt's own threads: at most one check per core, at a lower OS priority than
+    request work whenever checks have company.
 
     A bcrypt check is ~0.25 s of pure CPU (cost 12) with the GIL released. Run on the
     request's thread, 32 concurrent logins meant 32 runnable bcrypt threads sharing the
     cores with every refresh and JWKS request, which then waited behind them (measured:
     refresh p99 1.7 s, JWKS p99 1.2 s during a c = 32 storm). Here at most one check per
     core runs at a time, so a storm queues logins instead (they finish no later: the cores
-    were the limit anyway), and on Linux these threads are niced, so the scheduler runs
-    request threads first and bcrypt takes the CPU they leave idle.
+    were the limit anyway), and on Linux those checks run on niced threads, so the
+    scheduler runs request threads first and bcrypt takes the CPU they leave idle.
+
+    A *lone* check (none other in flight, and more than one core) runs on the caller's
+    own thread at the caller's priority: it leaves every other core to request work, so
+    lowering it protects nothing, while a niced thread loses the CPU to any other process
+    on the machine and a login alone waited for it (p50 a bcrypt check + 16 ms measured),
+    besides two thread hops. The first check of a storm may run so; every later one has
+    company and is niced. Raising a thread's priority back needs privilege, hence a
+    separate path rather than re-nicing a pool thread.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._pid = 0
+        self._cores = os.cpu_count() or 1
+        # Held while a check computes, on either path: the one-check-per-core bound.
+        self._slots = threading.BoundedSemaphore(self._cores)
+        self._in_flight = 0  # checks submitted and not yet returned, both paths
 
     def run(self, work: Callable[[], _T]) -> _T:
-        """``work()`` on a bcrypt thread; the caller's thread waits for the result."""
-        return self._pool().submit(work).result()
+        """``work()`` under a per-core slot; the caller's thread waits for the result."""
+        with self._lock:
+            executor = self._pool()
+            lone = self._in_flight == 0 and self._cores > 1
+            self._in_flight += 1
+        try:
+            if lone:
+                return self._in_slot(work)
+            return executor.submit(self._in_slot, work).result()
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _in_slot(self, work: Callable[[], _T]) -> _T:
+        with self._slots:
+            return work()
 
     def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            # A forked child inherits the executor object but not its threads.
-            if self._executor is None or self._pid != os.getpid():
-                self._executor = ThreadPoolExecutor(
-                    max_workers=os.cpu_count() or 1,
-                    thread_name_prefix="bcrypt",
-                    initializer=_lower_priority,
-                )
-                self._pid = os.getpid()
-            return self._executor
+        """The niced threads (created on first use); the caller holds ``_lock``."""
+        # A forked child inherits the executor object but not its threads, nor the
+        # checks its parent had in flight.
+        if self._executor is None or self._pid != os.getpid():
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._cores,
+                thread_name_prefix="bcrypt",
+                initializer=_lower_priority,
+            )
+            self._pid = os.getpid()
+            self._slots = threading.BoundedSemaphore(self._cores)
+            self._in_flight = 0
+        return self._executor
 
 
 def _lower_priority() -> None:

@@ -27,6 +27,7 @@ from issuer.errors import ConfigError
 from issuer.ratelimit import (
     LoginLimiter,
     LoginPolicy,
+    SweptMemoryStorage,
     address_key,
     hash_key_for,
     network_of,
@@ -475,3 +476,41 @@ def test_the_rate_limit_storage_password_never_shows_in_repr():
     )
     assert "s3cret-pw" not in repr(settings)
     assert "redis://:***@cache:6379/0" in repr(settings)
+
+
+def test_memory_budgets_start_no_thread_per_login(monkeypatch):
+    """limits' stock memory storage started a Timer thread on most hits (one per login
+    at login rates); the swept one never does, and the budgets still count."""
+    limiter = LoginLimiter(POLICY, "memory://")
+    assert isinstance(limiter.storage, SweptMemoryStorage)
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    for _ in range(3):  # the (user, address) budget: 3 a minute
+        admission = limiter.admit("alice", "203.0.113.7")
+        assert admission.admitted
+        time.sleep(0.015)  # past the stock storage's 10 ms timer: it would start another
+    limiter.succeeded(admission)
+    assert started == []
+    assert limiter.is_known_address("alice", "203.0.113.7")
+
+
+def test_swept_memory_storage_still_frees_expired_entries():
+    class EverySweep(SweptMemoryStorage):
+        SWEEP_INTERVAL = 0.0
+
+    storage = EverySweep("memory://")
+    storage.incr("short", 0.01)
+    assert storage.acquire_entry("window", 5, 1)
+    storage.events["window"][0].expiry = time.time() - 1  # that entry has left its window
+    time.sleep(0.02)
+    storage.incr("long", 60)  # any hit sweeps, here at once
+    assert "short" not in storage.expirations
+    assert "short" not in storage.storage
+    assert not storage.events.get("window")  # the expired entry is gone
+    assert storage.get("long") == 1

@@ -20,7 +20,7 @@ MIN_HS_SECRET_BYTES = 32
 MIN_RSA_BITS = 2048
 # The size of a new RSA key unless `rsa_key_size` says otherwise: RFC 7518 §3.3's minimum,
 # what the major identity providers publish, and acceptable to NIST SP 800-57 through 2030.
-# A 3072-bit key signs ~3× slower, and a refresh signs up to three tokens.
+# A 3072-bit key signs ~3x slower, and a refresh signs up to three tokens.
 DEFAULT_RSA_BITS = 2048
 ASYMMETRIC_ALGS = ("RS256", "ES256", "EdDSA")
 KNOWN_ALGS = ("HS256", *ASYMMETRIC_ALGS)
