@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -128,10 +129,11 @@ class Endpoints:
                 self.trusted_proxies,
             ),
         )
+        threads = self._threads_for(path, form)
+        # Not for a request that waits for bcrypt: it would hold a connection for seconds.
+        run: OAuthCall = call if threads is not None else partial(self._in_request_scope, call)
         try:
-            result = await anyio.to_thread.run_sync(
-                call, http_request, limiter=self._threads_for(path, form)
-            )
+            result = await anyio.to_thread.run_sync(run, http_request, limiter=threads)
         except KeyStoreError as exc:
             return _keys_unavailable(exc)
         except Exception:
@@ -140,6 +142,11 @@ class Endpoints:
                 raise
             return unavailable
         return json_response(result.body, result.status, result.headers)
+
+    def _in_request_scope(self, call: OAuthCall, http_request: HttpRequest) -> OAuthResponse:
+        """``call`` with its store calls on one database connection (Store.request_scope)."""
+        with self.store.request_scope():
+            return call(http_request)
 
     async def _storage_unavailable(self) -> Response | None:
         """A 503 if the database is down (the likely cause of a failure), else None.

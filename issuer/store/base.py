@@ -8,6 +8,7 @@ SQLAlchemy store is the default; one contract test suite runs against all of the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
 from issuer.models import Client, RefreshRecord, Role, Session, User, UserChange
@@ -205,4 +206,9 @@ class Store(
 
     def ping(self) -> bool:
         """True if the backing storage answers (for /readyz)."""
+        ...
+
+    def request_scope(self) -> AbstractContextManager[None]:
+        """Within the block, the calling thread's store calls may share one database
+        connection (one token request; never one that waits for bcrypt)."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
 from issuer.errors import DuplicateError, NotFoundError
@@ -271,3 +272,7 @@ class MemoryStore:
 
     def ping(self) -> bool:
         return True
+
+    def request_scope(self) -> AbstractContextManager[None]:
+        """Nothing to share: no connections."""
+        return nullcontext()

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -202,6 +202,7 @@ class Writers:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A writing transaction, committed when the block ends (rolled back on error)."""
+        self._runner.release_scoped()  # its own checkout: hold none meanwhile
         with self._locked(), self._engine.begin() as conn:
             yield conn
 
@@ -319,6 +320,15 @@ class SqlStore:
         # Other reads of exactly one statement (see _ONE_STATEMENT).
         self._one_read = engine.execution_options(**{_SQLITE_BEGIN: _ONE_STATEMENT})
 
+    def request_scope(self) -> AbstractContextManager[None]:
+        """One token request's statements on one pooled connection (prepared.Runner)."""
+        return self._run.request_scope()
+
+    def _core(self) -> Connection:
+        """A connection for Core statements outside the request path."""
+        self._run.release_scoped()  # its own checkout: hold none meanwhile
+        return self.engine.connect()
+
     def close(self) -> None:
         """Close the pooled connections (the end of a command, an app's shutdown)."""
         self.engine.dispose()
@@ -362,7 +372,7 @@ class SqlStore:
 
     def list_users(self) -> Sequence[User]:
         query = select(users).order_by(self._in_code_point_order(users.c.username))
-        with self.engine.connect() as conn:
+        with self._core() as conn:
             rows = conn.execute(query).mappings().all()
         return [_user(r) for r in rows]
 
@@ -422,7 +432,7 @@ class SqlStore:
             .having(func.max(r.expires_at) > now)
             .order_by(func.min(r.session_started_at), r.family_id)
         )
-        with self.engine.connect() as conn:
+        with self._core() as conn:
             rows = conn.execute(query).mappings().all()
         return [
             Session(
@@ -477,7 +487,7 @@ class SqlStore:
             .where(password_resets.c.token_hash == token_hash)
             .where(password_resets.c.expires_at >= now)
         )
-        with self.engine.connect() as conn:
+        with self._core() as conn:
             row = conn.execute(query).first()
         return str(row.user_id) if row else None
 
@@ -536,7 +546,7 @@ class SqlStore:
 
     def list_clients(self) -> Sequence[Client]:
         query = select(clients).order_by(self._in_code_point_order(clients.c.client_id))
-        with self.engine.connect() as conn:
+        with self._core() as conn:
             rows = conn.execute(query).mappings().all()
         return [_client(r) for r in rows]
 
@@ -657,7 +667,7 @@ class SqlStore:
         """Whether the database answers and holds the issuer's schema (a database that
         was dropped, or an empty one, is as unusable as one that is down)."""
         try:
-            with self.engine.connect() as conn:
+            with self._core() as conn:
                 conn.execute(text("SELECT version_num FROM alembic_version"))
         except SQLAlchemyError:
             return False
