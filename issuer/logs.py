@@ -14,13 +14,9 @@ escapes them as JSON ``\u`` escapes: one record is always one line.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import logging.handlers
-import queue
 import sys
-import threading
 from typing import Any
 
 from issuer.audit import AuditValue, json_value
@@ -113,65 +109,11 @@ def log_audit_to_stderr(fmt: str = "text") -> None:
     audit.setLevel(logging.INFO)
 
 
-class _RecordQueue(logging.handlers.QueueHandler):
-    """Hands a record to the writer thread as it is: formatting (and its escaping) happens
-    there, by the real handler's formatter. The message's arguments are merged here,
-    in the emitting thread, so an argument changed afterwards cannot change the line;
-    the exception stays attached for the formatter's own rendering (indented, or the
-    JSON ``exception`` member)."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.args:
-            record.msg = record.getMessage()
-            record.args = None
-        return record
-
-
-_listener_guard = threading.Lock()
-# The running writer thread, and the root logger's queueing handler that feeds it.
-# At most one; a list so it is changed in place, without a ``global`` statement.
-_writer: list[tuple[logging.handlers.QueueListener, _RecordQueue]] = []
-
-
-def stop_log_writer() -> None:
-    """Write every record still queued, stop the writer thread, and let the root logger
-    write directly again (idempotent).
-
-    Runs at interpreter exit (server workers included: uvicorn's spawned workers exit
-    through ``sys.exit``), before :func:`logging.shutdown` flushes the handlers, so a
-    process's last lines reach stderr, and any logged after this are still written.
-    """
-    with _listener_guard:
-        if not _writer:
-            return
-        listener, queueing = _writer.pop()
-    listener.stop()
-    root = logging.getLogger()
-    root.handlers[:] = [
-        h for q in root.handlers for h in (listener.handlers if q is queueing else (q,))
-    ]
-
-
-atexit.register(stop_log_writer)
-
-
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Configure the root logger once for the process (CLI and server workers).
-
-    Records are written by one thread of their own: measured with ``make bench``
-    (refresh grant, issue 13), request threads spent 5-9 % of their time on the stream
-    handler's lock and stderr writes. A request thread now only queues the record.
-    """
-    stop_log_writer()  # `issuer serve` with one worker configures twice: one writer
+    """Configure the root logger once for the process (CLI and server workers)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler)
-    queueing = _RecordQueue(records)
     root = logging.getLogger()
-    root.handlers[:] = [queueing]
+    root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").disabled = True
-    with _listener_guard:
-        _writer.append((listener, queueing))
-    listener.start()
