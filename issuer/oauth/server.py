@@ -522,25 +522,9 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         self, record: RefreshRecord, revoked: int, request: OAuth2Request
     ) -> None:
         """Audit a refresh token revoked at /oauth/revoke (RFC 7009): its session ended."""
-        user = self.users.get_by_id(record.user_id)
-        address = client_ip(request)
-        audit_event(
-            "token.revoked",
-            kind="refresh",
-            **self._record_user(record, user),
-            client_id=record.client_id,
-            address=address,
-            family=record.family_id,
-            revoked=revoked,
+        self._audit_family_ended(
+            "token.revoked", record, revoked, client_ip(request), kind="refresh"
         )
-        if user is not None and revoked:
-            audit_ended(
-                "token.revoked",
-                user,
-                [record.family_id],
-                client_id=record.client_id,
-                address=address,
-            )
 
     def on_access_token_revoked(self, claims: dict[str, Any], request: OAuth2Request) -> None:
         """Audit an access token denied at /oauth/revoke (its ``jti`` names it, never its value)."""
@@ -561,24 +545,27 @@ class IssuerServer(AuthorizationServer):  # type: ignore[misc]
         self, record: RefreshRecord, reason: str, request: OAuth2Request | None = None
     ) -> None:
         revoked = self.store.revoke_family(record.family_id, self.tokens.now())
-        user = self.users.get_by_id(record.user_id)
         address = client_ip(request) if request is not None else ""
+        self._audit_family_ended("refresh.reuse_detected", record, revoked, address, reason=reason)
+
+    def _audit_family_ended(
+        self, event: str, record: RefreshRecord, revoked: int, address: str, **extra: str
+    ) -> None:
+        """Audit ``event`` for a refresh family that ``revoked`` tokens left, and the session
+        it ended (when it ended one of a user who still exists)."""
+        user = self.users.get_by_id(record.user_id)
         audit_event(
-            "refresh.reuse_detected",
+            event,
+            **extra,
             **self._record_user(record, user),
             client_id=record.client_id,
             address=address,
             family=record.family_id,
             revoked=revoked,
-            reason=reason,
         )
         if user is not None and revoked:
             audit_ended(
-                "refresh.reuse_detected",
-                user,
-                [record.family_id],
-                client_id=record.client_id,
-                address=address,
+                event, user, [record.family_id], client_id=record.client_id, address=address
             )
 
 
